@@ -1,0 +1,1 @@
+//! Protocols, the shard server and the client.
