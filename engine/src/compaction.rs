@@ -1,0 +1,140 @@
+//! Compaction: reclaiming the space of overwritten, deleted and expired
+//! records, in bounded steps the shard thread interleaves with requests.
+//!
+//! The victim is the sealed segment with the most garbage (at least the
+//! configured fraction). Its live records are copied to the head and the
+//! index repointed; then the copies are synced and the file deleted. A
+//! record that is not live and whose key has no live version is replaced
+//! by a tombstone at the head while older segments exist, because an older
+//! version of that key could otherwise come back at the next recovery.
+
+use crate::error::Result;
+use crate::record::RecordSpec;
+use crate::scan::{self, Step};
+use crate::segment::HEADER_BYTES;
+use crate::store::{key_hash, Store};
+
+/// Progress through the current victim.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    slot: u32,
+    seq: u64,
+    pos: usize,
+    /// Some segment older than the victim exists.
+    has_older: bool,
+}
+
+impl Store {
+    fn pick_victim(&self) -> Option<Cursor> {
+        let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
+        let mut best: Option<(f64, u32)> = None;
+        for (slot, seg) in self.log.segments.iter().enumerate() {
+            let Some(seg) = seg else { continue };
+            if slot as u32 == self.log.active || !seg.header.sealed || seg.damaged {
+                continue;
+            }
+            let garbage = 1.0 - seg.live_bytes as f64 / capacity;
+            if garbage >= self.config.compaction_garbage_ratio_min && best.is_none_or(|(g, _)| garbage > g) {
+                best = Some((garbage, slot as u32));
+            }
+        }
+        let (_, slot) = best?;
+        let seq = self.log.segment(slot)?.header.seq;
+        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older: self.log.has_older_than(seq) })
+    }
+
+    /// Examines up to `budget_bytes` of the victim's records. Returns true
+    /// while there is more to do.
+    pub fn compact_step(&mut self, budget_bytes: usize) -> Result<bool> {
+        if self.poisoned.is_some() {
+            return Ok(false);
+        }
+        let Some(mut cur) = self.compaction.take().or_else(|| self.pick_victim()) else {
+            return Ok(false);
+        };
+        let now = self.now_ms();
+        let mut examined = 0;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = loop {
+            let Some(seg) = self.log.segment(cur.slot) else { break Ok(false) };
+            if examined >= budget_bytes {
+                self.compaction = Some(cur);
+                break Ok(true);
+            }
+            let end = seg.end;
+            let (offset, len, tombstone, expires_at_ms, key_len) = match scan::next(seg.bytes(), cur.pos, end, true) {
+                Step::Record { offset, view } => {
+                    scratch.clear();
+                    scratch.extend_from_slice(view.key);
+                    scratch.extend_from_slice(view.value);
+                    (offset, view.len, view.tombstone, view.expires_at_ms, view.key.len())
+                }
+                Step::Corrupt { offset, resume } => {
+                    // Damage found at recovery was never indexed, so there
+                    // is nothing live to lose here; `finish_victim` checks.
+                    tracing::warn!(segment = %seg.path.display(), offset, "compaction skips a damaged record");
+                    cur.pos = resume;
+                    continue;
+                }
+                Step::End { .. } => break self.finish_victim(&cur),
+            };
+            let (key, value) = scratch.split_at(key_len);
+            let full_hash = key_hash(key);
+            let hash = full_hash as u32;
+            let here = self.log.loc(cur.slot, offset);
+            let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
+            if live && !expires_at_ms.is_some_and(|at| at <= now) {
+                let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
+                match self.log.append(&spec) {
+                    Ok((to, new_len)) => {
+                        self.log.mark_live(to, new_len);
+                        self.log.mark_dead(here, len);
+                        let moved = self.index.relocate(hash, here, to);
+                        debug_assert!(moved, "live record is in the index");
+                    }
+                    Err(err) => break Err(err),
+                }
+            } else {
+                if live {
+                    self.index.remove(hash, |l| l == here);
+                    self.log.mark_dead(here, len);
+                    self.counters.expired_reclaimed += 1;
+                }
+                let log = &self.log;
+                let key_is_live = self.index.get(hash, |l| log.key_at(l) == Some(key)).is_some();
+                if cur.has_older && !key_is_live {
+                    let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
+                    if let Err(err) = self.log.append(&tomb) {
+                        break Err(err);
+                    }
+                }
+            }
+            cur.pos = offset + len;
+            examined += len;
+            self.counters.compacted_bytes += len as u64;
+        };
+        self.scratch = scratch;
+        result
+    }
+
+    /// Makes the copies durable, then deletes the victim.
+    fn finish_victim(&mut self, cur: &Cursor) -> Result<bool> {
+        self.sync()?;
+        let left = self.log.segment(cur.slot).map_or(0, |s| s.live_bytes);
+        if left != 0 {
+            // A live record could not be read back (damage after recovery).
+            // Keep the segment for inspection rather than delete a record
+            // the index still points at.
+            tracing::error!(slot = cur.slot, live_bytes = left, "live records left in a compacted segment; kept");
+            if let Some(seg) = self.log.segment_mut(cur.slot) {
+                seg.damaged = true;
+            }
+            return Ok(false);
+        }
+        tracing::debug!(slot = cur.slot, seq = cur.seq, "segment compacted");
+        self.log.remove_segment(cur.slot)?;
+        crate::segment::sync_dir(&self.log.dir)?;
+        self.counters.compactions += 1;
+        Ok(self.pick_victim().is_some())
+    }
+}

@@ -1,0 +1,57 @@
+//! The engine's errors. Callers react by variant; operators read the message.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An earlier flush to disk failed, so nothing written since can be
+    /// promised durable. The store refuses writes until it is reopened.
+    #[error("store is poisoned after a failed flush ({cause}); restart to recover")]
+    Poisoned { cause: String },
+
+    #[error("key is {len} bytes, the limit is {limit}")]
+    KeyTooLarge { len: usize, limit: usize },
+
+    #[error("value is {len} bytes, the limit is {limit}")]
+    ValueTooLarge { len: usize, limit: usize },
+
+    /// The store holds as much as its configured bound allows.
+    #[error("store is full: {used_bytes} bytes used of {limit_bytes}")]
+    OutOfMemory { used_bytes: u64, limit_bytes: u64 },
+
+    /// Every segment slot addressable by the index is in use.
+    #[error("log is full: all {slots} segment slots are in use")]
+    LogFull { slots: u32 },
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("segment {path}: {problem}")]
+    BadSegment { path: PathBuf, problem: String },
+
+    #[error("segment {path} was written with segment size {found} bytes, the store is configured for {expected}")]
+    SegmentSizeMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,424 @@
+//! The in-memory index: key hash to record location, eight bytes a slot.
+//!
+//! Each slot holds one `u64`: the low 32 bits of the key's xxh3 hash in the
+//! high half and the record's location (in 8-byte units of the log address
+//! space) in the low half. Keys are not stored; a candidate slot is confirmed
+//! by comparing the key in the log, which the caller does through a closure.
+//!
+//! The table is an *ordered* linear-probing table: a hash's home slot is
+//! `hash * capacity >> 32` (monotone in the hash), and slots hold entries in
+//! ascending hash order with no empty slot between an entry's home and its
+//! position. Order buys three things:
+//! - a miss stops at the first larger hash, so misses are as cheap as hits;
+//! - growth needs no key reads: the home in a table of any size is computed
+//!   from the stored hash, so capacities need not be powers of two and the
+//!   table grows by 1.5x, not 2x, which keeps the fill between 57% and 85%;
+//! - a scan cursor is simply a hash value, stable across growth.
+//!
+//! Growth is incremental: a new table is allocated and every mutation moves
+//! a bounded batch of the old table's entries, smallest hashes first. While
+//! that runs, hashes below `threshold` live in the new table and the others
+//! in the old one, so every lookup still touches exactly one table.
+//!
+//! The low 32 bits of xxh3 are used because the ring routes on the full
+//! 64-bit hash: one shard owns arcs of it, so its high bits are clustered
+//! while the low bits stay uniform.
+
+use std::ops::ControlFlow;
+
+/// A record's location in 8-byte units of the log address space.
+pub type Loc = u32;
+
+const EMPTY: u64 = 0;
+/// Fill at which the table starts to grow.
+const LOAD_MAX_PERCENT: usize = 85;
+/// Growth factor, as a fraction: new capacity = capacity * 3 / 2.
+const GROWTH_NUM: usize = 3;
+const GROWTH_DEN: usize = 2;
+const CAPACITY_MIN_SLOTS: usize = 1024;
+/// Slots past the last home slot, so that runs never wrap around.
+const OVERFLOW_SLOTS: usize = 256;
+/// Entries moved from the old table per mutation while growing. Two would
+/// finish before the new table fills; eight finishes early with little
+/// cost per operation.
+const MIGRATE_ENTRIES_PER_OP: usize = 8;
+
+fn entry(hash: u32, loc: Loc) -> u64 {
+    (u64::from(hash) << 32) | u64::from(loc)
+}
+fn entry_hash(e: u64) -> u32 {
+    (e >> 32) as u32
+}
+fn entry_loc(e: u64) -> Loc {
+    e as u32
+}
+
+#[derive(Debug)]
+struct Table {
+    slots: Vec<u64>,
+    /// Number of home slots; `slots` has `OVERFLOW_SLOTS` more.
+    capacity: usize,
+    len: usize,
+    /// Slots below this were moved to the next table (old table only).
+    floor: usize,
+}
+
+impl Table {
+    fn with_capacity(capacity: usize) -> Table {
+        let capacity = capacity.max(CAPACITY_MIN_SLOTS);
+        Table { slots: vec![EMPTY; capacity + OVERFLOW_SLOTS], capacity, len: 0, floor: 0 }
+    }
+
+    fn home(&self, hash: u32) -> usize {
+        ((u64::from(hash) * self.capacity as u64) >> 32) as usize
+    }
+
+    /// Finds the slot holding `hash` whose location satisfies `is_key`, or
+    /// the position where such an entry would be inserted.
+    fn search(&self, hash: u32, is_key: &mut impl FnMut(Loc) -> bool) -> Result<usize, usize> {
+        let mut i = self.home(hash).max(self.floor);
+        while let Some(&e) = self.slots.get(i) {
+            if e == EMPTY || entry_hash(e) > hash {
+                return Err(i);
+            }
+            if entry_hash(e) == hash && is_key(entry_loc(e)) {
+                return Ok(i);
+            }
+            i += 1;
+        }
+        Err(i)
+    }
+
+    /// Inserts `e` at `pos`, shifting the run after it one slot right.
+    fn insert_at(&mut self, pos: usize, e: u64) {
+        let free = match self.slots[pos..].iter().position(|&s| s == EMPTY) {
+            Some(offset) => pos + offset,
+            None => {
+                // The run reached the end of the overflow area: extend it.
+                // This copies the table once, which only a pathological run
+                // at the very end of the hash space can cause.
+                let extra = OVERFLOW_SLOTS.max(self.slots.len() / 64);
+                self.slots.resize(self.slots.len() + extra, EMPTY);
+                self.slots[pos..].iter().position(|&s| s == EMPTY).map_or(pos, |o| pos + o)
+            }
+        };
+        self.slots.copy_within(pos..free, pos + 1);
+        self.slots[pos] = e;
+        self.len += 1;
+    }
+
+    /// Removes the entry at `pos`, shifting displaced entries back.
+    fn remove_at(&mut self, pos: usize) {
+        let mut end = pos + 1;
+        while let Some(&e) = self.slots.get(end) {
+            if e == EMPTY || self.home(entry_hash(e)) >= end {
+                break;
+            }
+            end += 1;
+        }
+        self.slots.copy_within(pos + 1..end, pos);
+        self.slots[end - 1] = EMPTY;
+        self.len -= 1;
+    }
+
+    /// Inserts an entry known to be absent, after any equal hashes.
+    fn insert_new(&mut self, e: u64) {
+        let pos = match self.search(entry_hash(e), &mut |_| false) {
+            Ok(pos) | Err(pos) => pos,
+        };
+        self.insert_at(pos, e);
+    }
+}
+
+/// The index. See the module documentation for its layout.
+#[derive(Debug)]
+pub struct Index {
+    cur: Table,
+    /// The table being drained into `cur` while the index grows.
+    old: Option<Table>,
+    /// While `old` exists, hashes below this live in `cur`.
+    threshold: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::with_capacity(0)
+    }
+}
+
+impl Index {
+    /// An index sized to hold `keys` entries without growing.
+    pub fn with_capacity(keys: usize) -> Index {
+        Index { cur: Table::with_capacity(keys * 100 / LOAD_MAX_PERCENT + 1), old: None, threshold: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cur.len + self.old.as_ref().map_or(0, |t| t.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of memory held by the slot arrays.
+    pub fn heap_bytes(&self) -> usize {
+        let table = |t: &Table| t.slots.capacity() * std::mem::size_of::<u64>();
+        table(&self.cur) + self.old.as_ref().map_or(0, table)
+    }
+
+    fn owner(&self, hash: u32) -> &Table {
+        match &self.old {
+            Some(old) if u64::from(hash) >= self.threshold => old,
+            _ => &self.cur,
+        }
+    }
+
+    fn owner_mut(&mut self, hash: u32) -> &mut Table {
+        match &mut self.old {
+            Some(old) if u64::from(hash) >= self.threshold => old,
+            _ => &mut self.cur,
+        }
+    }
+
+    /// The location of the key with `hash` that `is_key` confirms.
+    pub fn get(&self, hash: u32, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let table = self.owner(hash);
+        table.search(hash, &mut is_key).ok().map(|pos| entry_loc(table.slots[pos]))
+    }
+
+    /// Points the key at `loc`, returning its previous location.
+    pub fn upsert(&mut self, hash: u32, loc: Loc, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let table = self.owner_mut(hash);
+        match table.search(hash, &mut is_key) {
+            Ok(pos) => {
+                let prev = entry_loc(table.slots[pos]);
+                table.slots[pos] = entry(hash, loc);
+                Some(prev)
+            }
+            Err(pos) => {
+                table.insert_at(pos, entry(hash, loc));
+                self.after_insert();
+                None
+            }
+        }
+    }
+
+    /// Removes the key, returning its location.
+    pub fn remove(&mut self, hash: u32, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let table = self.owner_mut(hash);
+        let pos = table.search(hash, &mut is_key).ok()?;
+        let loc = entry_loc(table.slots[pos]);
+        table.remove_at(pos);
+        self.migrate(MIGRATE_ENTRIES_PER_OP);
+        Some(loc)
+    }
+
+    /// Moves an entry from `from` to `to` if the key still lives at `from`
+    /// (compaction copies a record and must not undo a newer write).
+    pub fn relocate(&mut self, hash: u32, from: Loc, to: Loc) -> bool {
+        let table = self.owner_mut(hash);
+        match table.search(hash, &mut |loc| loc == from) {
+            Ok(pos) => {
+                table.slots[pos] = entry(hash, to);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Adds an entry known to be absent; used by bulk loads, which are
+    /// fastest in ascending hash order.
+    pub fn push_sorted(&mut self, hash: u32, loc: Loc) {
+        self.cur.insert_new(entry(hash, loc));
+        self.after_insert();
+    }
+
+    pub fn clear(&mut self) {
+        *self = Index::default();
+    }
+
+    /// Visits entries in hash order starting at hash `cursor`. The visitor
+    /// breaks to stop; entries sharing a hash are always visited together,
+    /// so the returned cursor (the next hash to visit, or `None` at the
+    /// end) resumes exactly where the visit stopped.
+    pub fn scan_from(&self, cursor: u64, mut visit: impl FnMut(u32, Loc) -> ControlFlow<()>) -> Option<u64> {
+        let Ok(start) = u32::try_from(cursor) else {
+            return None;
+        };
+        let mut parts: [Option<&Table>; 2] = [Some(&self.cur), self.old.as_ref()];
+        if self.old.is_some() && cursor >= self.threshold {
+            parts[0] = None;
+        }
+        let mut stop_after: Option<u32> = None;
+        for table in parts.into_iter().flatten() {
+            let mut i = table.home(start).max(table.floor);
+            while let Some(&e) = table.slots.get(i) {
+                i += 1;
+                if e == EMPTY || entry_hash(e) < start {
+                    continue;
+                }
+                let hash = entry_hash(e);
+                if let Some(last) = stop_after {
+                    if hash != last {
+                        return Some(u64::from(hash));
+                    }
+                }
+                if visit(hash, entry_loc(e)).is_break() {
+                    stop_after = Some(hash);
+                }
+            }
+        }
+        None
+    }
+
+    fn after_insert(&mut self) {
+        if self.old.is_some() {
+            self.migrate(MIGRATE_ENTRIES_PER_OP);
+        } else if self.cur.len * 100 > self.cur.capacity * LOAD_MAX_PERCENT {
+            let next = Table::with_capacity(self.cur.capacity * GROWTH_NUM / GROWTH_DEN);
+            self.old = Some(std::mem::replace(&mut self.cur, next));
+            self.threshold = 0;
+        }
+    }
+
+    /// Moves up to `budget` entries (plus any sharing the last one's hash)
+    /// from the old table into the current one.
+    pub fn migrate(&mut self, budget: usize) {
+        let Some(old) = &mut self.old else { return };
+        let mut moved = 0;
+        let mut scanned = 0;
+        let mut last: Option<u32> = None;
+        while let Some(&e) = old.slots.get(old.floor) {
+            if e != EMPTY {
+                let hash = entry_hash(e);
+                if moved >= budget && last != Some(hash) {
+                    break;
+                }
+                self.cur.insert_new(e);
+                old.slots[old.floor] = EMPTY;
+                old.len -= 1;
+                moved += 1;
+                last = Some(hash);
+                self.threshold = u64::from(hash) + 1;
+            } else if scanned >= budget.saturating_mul(8) && moved >= budget {
+                break;
+            }
+            old.floor += 1;
+            scanned += 1;
+        }
+        if old.floor >= old.slots.len() {
+            debug_assert_eq!(old.len, 0, "every entry moved");
+            self.old = None;
+        }
+    }
+
+    /// Finishes any growth in progress (used before checkpoints).
+    pub fn finish_growth(&mut self) {
+        while self.old.is_some() {
+            self.migrate(usize::MAX / 2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// Keys are u32 ids; the test "log" maps loc -> id. Hashes keep only
+    /// 8 bits of spread so that distinct keys share hashes often.
+    fn check_against_model(ops: Vec<(u8, u32)>) {
+        let hash_of = |key: u32| (key.wrapping_mul(0x9e37_79b9) >> 24) << 24;
+        let mut index = Index::default();
+        let mut model: HashMap<u32, Loc> = HashMap::new();
+        let mut log: HashMap<Loc, u32> = HashMap::new();
+        let mut next_loc: Loc = 4;
+        for (op, key) in ops {
+            let hash = hash_of(key);
+            if op % 3 == 2 {
+                let prev = index.remove(hash, |l| log.get(&l) == Some(&key));
+                assert_eq!(prev, model.remove(&key));
+            } else {
+                next_loc += 1;
+                log.insert(next_loc, key);
+                let prev = index.upsert(hash, next_loc, |l| log.get(&l) == Some(&key));
+                assert_eq!(prev, model.insert(key, next_loc));
+            }
+            assert_eq!(index.len(), model.len());
+        }
+        for (key, loc) in &model {
+            assert_eq!(index.get(hash_of(*key), |l| log.get(&l) == Some(key)), Some(*loc));
+        }
+        index.finish_growth();
+        let mut seen = 0;
+        let mut last = 0u32;
+        index.scan_from(0, |h, loc| {
+            assert!(h >= last, "scan in hash order");
+            last = h;
+            let key = log[&loc];
+            assert_eq!(model.get(&key), Some(&loc));
+            seen += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(seen, model.len());
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_map(ops in proptest::collection::vec((any::<u8>(), 0u32..3000), 0..4000)) {
+            check_against_model(ops);
+        }
+    }
+
+    #[test]
+    fn grows_incrementally_and_keeps_every_key() {
+        let mut index = Index::default();
+        let n = 200_000u32;
+        for i in 0..n {
+            let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) as u32;
+            assert!(index.upsert(h, i + 4, |l| l == i + 4).is_none());
+            // No stop-the-world: the old table never holds more than one
+            // growth step's worth of entries.
+            assert!(index.old.as_ref().map_or(0, |t| t.len) <= index.len());
+        }
+        for i in 0..n {
+            let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) as u32;
+            assert_eq!(index.get(h, |l| l == i + 4), Some(i + 4), "key {i}");
+        }
+        index.finish_growth();
+        let fill = index.len() as f64 / index.cur.capacity as f64;
+        assert!((0.5..=0.86).contains(&fill), "fill {fill}");
+        assert!(index.heap_bytes() / index.len() <= 16);
+    }
+
+    #[test]
+    fn scan_cursor_resumes_exactly_across_growth() {
+        let mut index = Index::default();
+        for i in 0..5000u32 {
+            index.upsert(i.wrapping_mul(2_654_435_761) | 1, i + 4, |_| false);
+        }
+        let mut cursor = Some(0u64);
+        let mut seen = std::collections::HashSet::new();
+        let mut rounds = 0;
+        while let Some(c) = cursor {
+            rounds += 1;
+            assert!(rounds < 10_000);
+            let mut batch = 0;
+            cursor = index.scan_from(c, |_, loc| {
+                assert!(seen.insert(loc), "loc {loc} visited twice");
+                batch += 1;
+                if batch == 10 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            });
+            // Growth in the middle of a scan must not lose or repeat keys.
+            if rounds == 50 {
+                for j in 0..3000u32 {
+                    index.upsert(j.wrapping_mul(0x85eb_ca6b) | 1, 1_000_000 + j, |_| false);
+                }
+            }
+        }
+        for i in 0..5000u32 {
+            assert!(seen.contains(&(i + 4)), "{i} missed");
+        }
+    }
+}

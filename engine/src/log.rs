@@ -1,0 +1,198 @@
+//! The log: the set of segments, the log address space and the write head.
+//!
+//! A location (`Loc`) is a byte address in 8-byte units: the segment's slot
+//! times the segment size plus the offset. With 32-bit locations a shard
+//! addresses 32 GiB of segments; the slot count follows from the segment
+//! size.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::index::Loc;
+use crate::record::{self, RecordSpec, RecordView, RECORD_ALIGN_BYTES};
+use crate::segment::{self, Segment};
+
+/// Bytes of log one shard can address: 2^32 locations of 8 bytes.
+pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
+
+#[derive(Debug)]
+pub struct Log {
+    pub dir: PathBuf,
+    pub size_log2: u8,
+    /// Segments by slot; `None` is a free slot.
+    pub segments: Vec<Option<Segment>>,
+    /// Slot of the segment taking appends.
+    pub active: u32,
+    /// Sequence number the next segment gets.
+    pub next_seq: u64,
+    /// Sealed segments whose tail or header has not been synced.
+    pub unsynced: Vec<u32>,
+}
+
+impl Log {
+    pub fn max_slots(&self) -> u32 {
+        u32::try_from(LOG_ADDRESS_SPACE_BYTES >> self.size_log2).unwrap_or(u32::MAX)
+    }
+
+    pub fn segment_size(&self) -> usize {
+        1 << self.size_log2
+    }
+
+    pub fn loc(&self, slot: u32, offset: usize) -> Loc {
+        let addr = (u64::from(slot) << self.size_log2) | offset as u64;
+        debug_assert_eq!(addr % RECORD_ALIGN_BYTES as u64, 0);
+        (addr / RECORD_ALIGN_BYTES as u64) as Loc
+    }
+
+    pub fn split(&self, loc: Loc) -> (u32, usize) {
+        let addr = u64::from(loc) * RECORD_ALIGN_BYTES as u64;
+        ((addr >> self.size_log2) as u32, (addr & ((1 << self.size_log2) - 1)) as usize)
+    }
+
+    pub fn segment(&self, slot: u32) -> Option<&Segment> {
+        self.segments.get(slot as usize)?.as_ref()
+    }
+
+    pub fn segment_mut(&mut self, slot: u32) -> Option<&mut Segment> {
+        self.segments.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// The record at `loc`, its checksum checked when `verify` is set.
+    pub fn view(&self, loc: Loc, verify: bool) -> Option<RecordView<'_>> {
+        let (slot, offset) = self.split(loc);
+        let seg = self.segment(slot)?;
+        let bytes = seg.bytes().get(offset..seg.end)?;
+        match record::decode(bytes, verify) {
+            Ok(view) => Some(view),
+            Err(err) => {
+                tracing::error!(segment = %seg.path.display(), offset, ?err, "record failed its check on read; not served");
+                None
+            }
+        }
+    }
+
+    /// The key of the record at `loc`, for index comparisons.
+    pub fn key_at(&self, loc: Loc) -> Option<&[u8]> {
+        let (slot, offset) = self.split(loc);
+        let seg = self.segment(slot)?;
+        let bytes = seg.bytes().get(offset..seg.end)?;
+        record::decode(bytes, false).ok().map(|v| v.key)
+    }
+
+    /// Appends a record at the head, rolling to a new segment when the
+    /// active one is full.
+    pub fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
+        let len = spec.encoded_len();
+        if len > self.segment_size() - segment::HEADER_BYTES {
+            return Err(Error::ValueTooLarge { len: spec.value.len(), limit: self.segment_size() / 2 });
+        }
+        let active = self.active;
+        let seg = self.segments[active as usize].as_mut().expect("active segment");
+        if let Some(offset) = seg.append(spec) {
+            return Ok((self.loc(active, offset), len));
+        }
+        self.roll()?;
+        let active = self.active;
+        let seg = self.segments[active as usize].as_mut().expect("active segment");
+        let offset = seg.append(spec).expect("a record that fits an empty segment");
+        Ok((self.loc(active, offset), len))
+    }
+
+    /// Seals the active segment and opens a fresh one.
+    pub fn roll(&mut self) -> Result<()> {
+        let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
+        let fresh = Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?;
+        self.next_seq += 1;
+        if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
+            old.seal();
+            self.unsynced.push(self.active);
+        }
+        if slot as usize == self.segments.len() {
+            self.segments.push(Some(fresh));
+        } else {
+            self.segments[slot as usize] = Some(fresh);
+        }
+        self.active = slot;
+        Ok(())
+    }
+
+    /// Seals the active segment without opening another (clean shutdown).
+    pub fn seal_active(&mut self) {
+        let active = self.active;
+        if let Some(seg) = self.segment_mut(active) {
+            if !seg.header.sealed {
+                seg.seal();
+            }
+        }
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        match self.segments.iter().position(Option::is_none) {
+            Some(slot) => Some(slot as u32),
+            None => Some(self.segments.len() as u32).filter(|&n| n < self.max_slots()),
+        }
+    }
+
+    /// Counts a record's bytes as no longer live.
+    pub fn mark_dead(&mut self, loc: Loc, len: usize) {
+        let (slot, _) = self.split(loc);
+        if let Some(seg) = self.segment_mut(slot) {
+            debug_assert!(seg.live_bytes >= len as u64, "live bytes never go negative");
+            seg.live_bytes = seg.live_bytes.saturating_sub(len as u64);
+        }
+    }
+
+    pub fn mark_live(&mut self, loc: Loc, len: usize) {
+        let (slot, _) = self.split(loc);
+        if let Some(seg) = self.segment_mut(slot) {
+            seg.live_bytes += len as u64;
+        }
+    }
+
+    pub fn needs_sync(&self) -> bool {
+        !self.unsynced.is_empty() || self.segment(self.active).is_some_and(Segment::needs_sync)
+    }
+
+    /// Makes every appended byte durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        for slot in std::mem::take(&mut self.unsynced) {
+            if let Some(seg) = self.segment_mut(slot) {
+                seg.sync()?;
+            }
+        }
+        let active = self.active;
+        match self.segment_mut(active) {
+            Some(seg) => seg.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes a segment's file and frees its slot.
+    pub fn remove_segment(&mut self, slot: u32) -> Result<()> {
+        assert_ne!(slot, self.active, "the active segment is never removed");
+        if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::take) {
+            let path = seg.path.clone();
+            drop(seg);
+            std::fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+        }
+        self.unsynced.retain(|&s| s != slot);
+        while matches!(self.segments.last(), Some(None)) {
+            self.segments.pop();
+        }
+        Ok(())
+    }
+
+    /// Live segments, oldest first.
+    pub fn by_seq(&self) -> Vec<u32> {
+        let mut slots: Vec<u32> =
+            self.segments.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i as u32).collect();
+        slots.sort_by_key(|&slot| self.segment(slot).map(|s| s.header.seq));
+        slots
+    }
+
+    /// True when some segment is older than `seq`: a tombstone or expired
+    /// record in a segment at `seq` may still hide an older version there.
+    pub fn has_older_than(&self, seq: u64) -> bool {
+        self.segments.iter().flatten().any(|s| s.header.seq < seq)
+    }
+}

@@ -1,0 +1,285 @@
+//! Opening a store: finding the segments, loading the checkpoint or
+//! scanning every record, and deciding what damaged bytes mean.
+//!
+//! Rules, in the order they apply:
+//! 1. Segments below the flush floor (FLUSHALL) are deleted.
+//! 2. A segment whose header is all zeros was being created when the
+//!    process died: it holds nothing and is deleted. Any other bad header
+//!    is renamed `*.corrupt`, kept for inspection, and reported.
+//! 3. A valid checkpoint that matches the segments exactly gives the index.
+//! 4. Otherwise segments are scanned oldest first, every CRC checked; the
+//!    newest version of a key wins and tombstones hide older versions.
+//!    A damaged record is reported and never served; in a segment that was
+//!    never sealed, bad bytes with nothing good after them are a torn tail
+//!    and are cut off (`TolerateCorruptTail`).
+//! 5. Every unsealed segment is sealed where its good records end, and a
+//!    fresh active segment is created.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::scan::{self, Step};
+use crate::segment::{self, Segment, HEADER_BYTES};
+use crate::store::{key_hash, Config, Counters, Store};
+
+const FLOOR_FILE: &str = "FLUSHED";
+const LOCK_FILE: &str = "LOCK";
+
+/// Damaged bytes found while opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: PathBuf,
+    pub seq: u64,
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// The index came from the clean-shutdown checkpoint.
+    pub hint_used: bool,
+    /// Why a checkpoint that existed was not used.
+    pub hint_rejected: Option<String>,
+    pub segments: usize,
+    pub records: u64,
+    pub bytes_scanned: u64,
+    /// Damaged records in the middle of a segment, skipped.
+    pub corrupt: Vec<Damage>,
+    /// Torn tails cut off the end of unsealed segments.
+    pub torn: Vec<Damage>,
+    /// Segment files with unreadable headers, renamed `*.corrupt`.
+    pub quarantined: Vec<PathBuf>,
+    pub duration: Duration,
+}
+
+pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)> {
+    let started = Instant::now();
+    let size_log2 = config.validate()?;
+    fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    let lock = lock_dir(dir)?;
+    let floor = read_floor(dir)?;
+    let mut report = RecoveryReport::default();
+    let mut log = Log {
+        dir: dir.to_path_buf(),
+        size_log2,
+        segments: Vec::new(),
+        active: u32::MAX,
+        next_seq: floor.unwrap_or(0),
+        unsynced: Vec::new(),
+    };
+    for seg in list_segments(dir, &config, floor, &mut report)? {
+        let slot = seg.header.slot as usize;
+        if log.segments.len() <= slot {
+            log.segments.resize_with(slot + 1, || None);
+        }
+        log.next_seq = log.next_seq.max(seg.header.seq + 1);
+        log.segments[slot] = Some(seg);
+    }
+    report.segments = log.segments.iter().flatten().count();
+
+    let hint_path = dir.join(crate::hint::FILE_NAME);
+    let hinted = if hint_path.exists() {
+        let all_sealed = log.segments.iter().flatten().all(|s| s.header.sealed);
+        let loaded = if all_sealed { crate::hint::load(dir, &mut log) } else { Err("unsealed segments".into()) };
+        fs::remove_file(&hint_path).map_err(Error::io("remove checkpoint"))?;
+        segment::sync_dir(dir)?;
+        match loaded {
+            Ok(index) => Some(index),
+            Err(why) => {
+                tracing::warn!(%why, "index checkpoint not used; scanning the log");
+                report.hint_rejected = Some(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    report.hint_used = hinted.is_some();
+    let mut store = Store {
+        log,
+        index: hinted.unwrap_or_default(),
+        last_sync_ms: config.clock.now_ms(),
+        config,
+        poisoned: None,
+        compaction: None,
+        scratch: Vec::new(),
+        counters: Counters::default(),
+        _lock: lock,
+    };
+    if !report.hint_used {
+        for slot in store.log.by_seq() {
+            store.recover_segment(slot, &mut report);
+        }
+    }
+    store.log.roll()?;
+    store.sync()?;
+    report.duration = started.elapsed();
+    if !report.corrupt.is_empty() || !report.torn.is_empty() || !report.quarantined.is_empty() {
+        tracing::warn!(
+            corrupt = report.corrupt.len(),
+            torn = report.torn.len(),
+            quarantined = report.quarantined.len(),
+            "damage found while opening {}",
+            dir.display()
+        );
+    }
+    Ok((store, report))
+}
+
+impl Store {
+    fn recover_segment(&mut self, slot: u32, report: &mut RecoveryReport) {
+        let Some(seg) = self.log.segment_mut(slot) else { return };
+        let sealed = seg.header.sealed;
+        let limit = if sealed { seg.end } else { seg.size() };
+        // Let key comparisons see the whole segment while it is scanned.
+        seg.end = limit;
+        let (path, seq) = (seg.path.clone(), seg.header.seq);
+        let now = self.now_ms();
+        let mut pos = HEADER_BYTES;
+        let cut = loop {
+            let seg = self.log.segment(slot).expect("segment being scanned");
+            match scan::next(seg.bytes(), pos, limit, sealed) {
+                Step::Record { offset, view } => {
+                    let (len, tombstone, expired) = (view.len, view.tombstone, view.is_expired(now));
+                    let hash = key_hash(view.key) as u32;
+                    let loc = self.log.loc(slot, offset);
+                    let log = &self.log;
+                    let key = view.key;
+                    let prev = if tombstone || expired {
+                        self.index.remove(hash, |l| log.key_at(l) == Some(key))
+                    } else {
+                        self.index.upsert(hash, loc, |l| l != loc && log.key_at(l) == Some(key))
+                    };
+                    if !tombstone && !expired {
+                        self.log.mark_live(loc, len);
+                    }
+                    if let Some(prev) = prev {
+                        let prev_len = self.log.view(prev, false).map_or(0, |v| v.len);
+                        self.log.mark_dead(prev, prev_len);
+                    }
+                    report.records += 1;
+                    pos = offset + len;
+                }
+                Step::Corrupt { offset, resume } => {
+                    tracing::error!(segment = %path.display(), offset, bytes = resume - offset, "damaged record skipped");
+                    report.corrupt.push(Damage { segment: path.clone(), seq, offset, bytes: resume - offset });
+                    pos = resume;
+                }
+                Step::End { offset, clean } => {
+                    if !clean {
+                        let stale = seg.bytes()[offset..limit].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+                        tracing::warn!(segment = %path.display(), offset, bytes = stale, "torn tail cut off");
+                        report.torn.push(Damage { segment: path.clone(), seq, offset, bytes: stale });
+                    }
+                    break offset;
+                }
+            }
+        };
+        report.bytes_scanned += (cut - HEADER_BYTES) as u64;
+        let seg = self.log.segment_mut(slot).expect("segment being scanned");
+        seg.end = cut;
+        if !sealed {
+            seg.seal();
+            self.log.unsynced.push(slot);
+        }
+    }
+}
+
+fn list_segments(dir: &Path, config: &Config, floor: Option<u64>, report: &mut RecoveryReport) -> Result<Vec<Segment>> {
+    let mut found = Vec::new();
+    let entries = fs::read_dir(dir).map_err(Error::io(format!("list {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(format!("list {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(slot) = name.to_str().and_then(segment::parse_file_name) else { continue };
+        let path = entry.path();
+        match Segment::open(&path) {
+            Ok(seg) if seg.header.slot != slot => quarantine(&path, "slot in header differs from file name", report)?,
+            Ok(seg) if seg.size() as u64 != config.segment_size_bytes => {
+                return Err(Error::SegmentSizeMismatch {
+                    path,
+                    found: seg.size() as u64,
+                    expected: config.segment_size_bytes,
+                });
+            }
+            Ok(seg) if floor.is_some_and(|f| seg.header.seq < f) => {
+                drop(seg);
+                fs::remove_file(&path).map_err(Error::io(format!("remove flushed {}", path.display())))?;
+            }
+            Ok(seg) => found.push(seg),
+            Err(Error::BadSegment { problem, .. }) => {
+                if header_is_blank(&path) {
+                    tracing::info!(segment = %path.display(), "removing a segment whose creation never finished");
+                    fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+                } else {
+                    quarantine(&path, &problem, report)?;
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(found)
+}
+
+fn header_is_blank(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| b.iter().take(HEADER_BYTES).all(|&x| x == 0))
+}
+
+fn quarantine(path: &Path, problem: &str, report: &mut RecoveryReport) -> Result<()> {
+    let to = path.with_extension("seg.corrupt");
+    tracing::error!(segment = %path.display(), problem, "unreadable segment moved aside; its records are not served");
+    fs::rename(path, &to).map_err(Error::io(format!("quarantine {}", path.display())))?;
+    report.quarantined.push(to);
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(format!("open {}", path.display())))?;
+    // SAFETY: plain syscall on an open descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Io {
+            context: format!("{} is in use by another store", dir.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(file)
+}
+
+/// Records that every segment below `seq` is flushed away.
+pub(crate) fn write_floor(dir: &Path, seq: u64) -> Result<()> {
+    let tmp = dir.join(format!("{FLOOR_FILE}.tmp"));
+    let io = Error::io(format!("write {}", tmp.display()));
+    fs::File::create(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(format!("{seq}\n").as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(io)?;
+    fs::rename(&tmp, dir.join(FLOOR_FILE)).map_err(Error::io("rename flush floor"))?;
+    segment::sync_dir(dir)
+}
+
+fn read_floor(dir: &Path) -> Result<Option<u64>> {
+    match fs::read_to_string(dir.join(FLOOR_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Config(format!("{FLOOR_FILE} in {} is not a number", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {FLOOR_FILE}"))(e)),
+    }
+}
+

@@ -1,0 +1,50 @@
+//! Walking the records of one segment, deciding what bytes that do not
+//! decode mean. Used by recovery and by compaction.
+
+use crate::record::{self, RecordView, HEADER_MIN_BYTES};
+
+/// What the bytes at a position are.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A record whose checksum holds.
+    Record { offset: usize, view: RecordView<'a> },
+    /// Bytes that are not a valid record, followed by more records: a
+    /// damaged record in the middle. Resume at `resume`.
+    Corrupt { offset: usize, resume: usize },
+    /// No more records. `clean` is false when the end is a torn or damaged
+    /// tail rather than untouched (zeroed) space or the sealed end.
+    End { offset: usize, clean: bool },
+}
+
+/// Decodes the step at `pos` of a segment whose records may run to
+/// `limit`: the sealed end of a sealed segment (where every byte before it
+/// was once a good record) or the file end of an unsealed one.
+pub fn next(bytes: &[u8], pos: usize, limit: usize, sealed: bool) -> Step<'_> {
+    let limit = limit.min(bytes.len());
+    if pos >= limit || limit - pos < HEADER_MIN_BYTES {
+        let clean = sealed && pos == limit || !sealed && bytes[pos.min(limit)..limit].iter().all(|&b| b == 0);
+        return Step::End { offset: pos, clean };
+    }
+    let here = &bytes[pos..limit];
+    if let Ok(view) = record::decode(here, true) {
+        return Step::Record { offset: pos, view };
+    }
+    if !sealed && here.iter().all(|&b| b == 0) {
+        return Step::End { offset: pos, clean: true };
+    }
+    // The header may still be right and only the body damaged: if its
+    // lengths lead to a good record (or exactly to the sealed end), skip
+    // just this one.
+    if let Ok(guess) = record::decode(here, false) {
+        let resume = pos + guess.len;
+        let next_is_good = resume < limit && record::decode(&bytes[resume..limit], true).is_ok();
+        if next_is_good || (sealed && resume == limit) {
+            return Step::Corrupt { offset: pos, resume };
+        }
+    }
+    if sealed {
+        Step::Corrupt { offset: pos, resume: limit }
+    } else {
+        Step::End { offset: pos, clean: false }
+    }
+}

@@ -1,0 +1,529 @@
+//! The store: the write path, the read path and durability.
+//!
+//! Write path, in order:
+//! 1. the key is hashed (xxh3) and looked up in the index;
+//! 2. the record is encoded straight into the active segment's mapping;
+//! 3. the index points at the new record, and the old record's bytes are
+//!    counted dead in their segment;
+//! 4. the caller acknowledges the write only after `sync` when the policy is
+//!    `always` (group commit: many writes, one flush); `tick` syncs once a
+//!    second under `everysec`.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
+use crate::index::{Index, Loc};
+use crate::log::Log;
+use crate::record::{RecordSpec, RecordView, KEY_LEN_MAX_BYTES};
+use crate::recovery::RecoveryReport;
+
+/// When appended bytes are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// The caller syncs each batch before acknowledging it.
+    Always,
+    /// `tick` syncs when a second has passed since the last sync.
+    #[default]
+    EverySec,
+    /// The operating system writes back when it likes.
+    Never,
+}
+
+/// The time source. Tests drive a manual clock to check TTLs exactly.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            Clock::Manual(ms) => ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Size of each segment file; a power of two from 64 KiB to 1 GiB.
+    pub segment_size_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// Longest value accepted. Values are also limited to half a segment,
+    /// so the effective limit is the smaller of the two.
+    pub value_len_max_bytes: usize,
+    /// Check the CRC of every record served by `get`.
+    pub verify_reads: bool,
+    /// A sealed segment is compacted once this fraction of it is garbage.
+    pub compaction_garbage_ratio_min: f64,
+    pub clock: Clock,
+}
+
+/// Default segment size: large enough that a segment's fixed costs (a
+/// file, a mapping, a header) vanish, small enough to compact in steps.
+pub const SEGMENT_SIZE_DEFAULT_BYTES: u64 = 64 << 20;
+pub const SEGMENT_SIZE_MIN_BYTES: u64 = 64 << 10;
+pub const SEGMENT_SIZE_MAX_BYTES: u64 = 1 << 30;
+pub const VALUE_LEN_DEFAULT_MAX_BYTES: usize = 16 << 20;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            fsync: FsyncPolicy::default(),
+            value_len_max_bytes: VALUE_LEN_DEFAULT_MAX_BYTES,
+            verify_reads: true,
+            compaction_garbage_ratio_min: 0.3,
+            clock: Clock::System,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<u8> {
+        let size = self.segment_size_bytes;
+        if !size.is_power_of_two() || !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&size) {
+            return Err(Error::Config(format!(
+                "segment size {size} must be a power of two from {SEGMENT_SIZE_MIN_BYTES} to {SEGMENT_SIZE_MAX_BYTES}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.compaction_garbage_ratio_min) {
+            return Err(Error::Config("compaction garbage ratio must be within 0..=1".into()));
+        }
+        Ok(size.trailing_zeros() as u8)
+    }
+}
+
+/// What `set` does about an existing expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetExpiry {
+    /// The key has no expiry afterwards (plain SET).
+    #[default]
+    None,
+    /// Keep the existing key's expiry (SET ... KEEPTTL).
+    Keep,
+    /// Expire at this Unix time in milliseconds.
+    At(u64),
+}
+
+/// When `set` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Condition {
+    #[default]
+    Always,
+    /// Only if the key does not exist (NX).
+    IfAbsent,
+    /// Only if the key exists (XX).
+    IfPresent,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetOptions {
+    pub expiry: SetExpiry,
+    pub condition: Condition,
+    /// Copy out the previous value (SET ... GET, GETSET).
+    pub return_old: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// The condition held and the value was stored.
+    pub written: bool,
+    /// The previous value, when asked for and the key existed.
+    pub old: Option<Vec<u8>>,
+}
+
+/// A key's remaining time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Missing,
+    Persistent,
+    Remaining { ms: u64 },
+}
+
+/// A live value, borrowed from the segment mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub value: &'a [u8],
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Counters and gauges for STATS and INFO.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub keys: u64,
+    /// Bytes of records the index points at.
+    pub live_bytes: u64,
+    /// Bytes of records superseded, deleted or expired, not yet compacted.
+    pub dead_bytes: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub index_bytes: u64,
+    pub syncs: u64,
+    pub compactions: u64,
+    pub compacted_bytes: u64,
+    pub expired_reclaimed: u64,
+    pub poisoned: bool,
+}
+
+/// One shard's store. Owned by one thread; no internal locking.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) log: Log,
+    pub(crate) index: Index,
+    pub(crate) config: Config,
+    /// Set when a flush failed; every write is refused from then on.
+    pub(crate) poisoned: Option<String>,
+    pub(crate) last_sync_ms: u64,
+    pub(crate) compaction: Option<crate::compaction::Cursor>,
+    /// Reused buffer for records copied within the log.
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) counters: Counters,
+    /// Held for the store's lifetime: one store per directory.
+    pub(crate) _lock: std::fs::File,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    pub syncs: u64,
+    pub compactions: u64,
+    pub compacted_bytes: u64,
+    pub expired_reclaimed: u64,
+}
+
+/// Hash of a key: the ring routes on all 64 bits, the index keeps 32.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering what is there.
+    pub fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)> {
+        crate::recovery::open(dir, config)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// The longest value a write accepts.
+    pub fn value_len_max_bytes(&self) -> usize {
+        self.config.value_len_max_bytes.min(self.log.segment_size() / 2)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Finds the key's record, expired or not.
+    fn find(&self, key: &[u8], hash: u32) -> Option<(Loc, RecordView<'_>)> {
+        let log = &self.log;
+        let loc = self.index.get(hash, |loc| log.key_at(loc) == Some(key))?;
+        let view = log.view(loc, self.config.verify_reads)?;
+        Some((loc, view))
+    }
+
+    /// Finds the key's record if it has not expired.
+    fn find_live(&self, key: &[u8], hash: u32) -> Option<(Loc, RecordView<'_>)> {
+        let (loc, view) = self.find(key, hash)?;
+        if view.expires_at_ms.is_some() && view.is_expired(self.now_ms()) {
+            return None;
+        }
+        Some((loc, view))
+    }
+
+    /// The value of a live key, straight from the mapping.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.find_live(key, key_hash(key) as u32).map(|(_, v)| v.value)
+    }
+
+    /// The value and expiry of a live key.
+    pub fn get_entry(&self, key: &[u8]) -> Option<Entry<'_>> {
+        self.find_live(key, key_hash(key) as u32).map(|(_, v)| Entry { value: v.value, expires_at_ms: v.expires_at_ms })
+    }
+
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.find_live(key, key_hash(key) as u32).is_some()
+    }
+
+    pub fn ttl(&self, key: &[u8]) -> Ttl {
+        match self.find_live(key, key_hash(key) as u32) {
+            None => Ttl::Missing,
+            Some((_, v)) => match v.expires_at_ms {
+                None => Ttl::Persistent,
+                Some(at) => Ttl::Remaining { ms: at.saturating_sub(self.now_ms()) },
+            },
+        }
+    }
+
+    fn check_writable(&self, key: &[u8], value_len: usize) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        if key.len() > KEY_LEN_MAX_BYTES {
+            return Err(Error::KeyTooLarge { len: key.len(), limit: KEY_LEN_MAX_BYTES });
+        }
+        let limit = self.value_len_max_bytes();
+        if value_len > limit {
+            return Err(Error::ValueTooLarge { len: value_len, limit });
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key` as `opts` say.
+    pub fn set(&mut self, key: &[u8], value: &[u8], opts: SetOptions) -> Result<SetOutcome> {
+        self.check_writable(key, value.len())?;
+        let hash = key_hash(key) as u32;
+        let now = self.now_ms();
+        let (exists, keep_expiry, old) = match self.find_live(key, hash) {
+            Some((_, v)) => (true, v.expires_at_ms, opts.return_old.then(|| v.value.to_vec())),
+            None => (false, None, None),
+        };
+        let condition_holds = match opts.condition {
+            Condition::Always => true,
+            Condition::IfAbsent => !exists,
+            Condition::IfPresent => exists,
+        };
+        if !condition_holds {
+            return Ok(SetOutcome { written: false, old });
+        }
+        let expires_at_ms = match opts.expiry {
+            SetExpiry::None => None,
+            SetExpiry::Keep => keep_expiry,
+            SetExpiry::At(at) => Some(at),
+        };
+        if matches!(expires_at_ms, Some(at) if at <= now) {
+            // Redis semantics: a write that expires in the past deletes.
+            self.delete_hashed(key, hash)?;
+            return Ok(SetOutcome { written: true, old });
+        }
+        self.put(key, value, expires_at_ms, hash)?;
+        Ok(SetOutcome { written: true, old })
+    }
+
+    /// Appends a live record and points the index at it.
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>, hash: u32) -> Result<Loc> {
+        let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
+        let (loc, len) = self.log.append(&spec)?;
+        self.log.mark_live(loc, len);
+        let log = &self.log;
+        if let Some(prev) = self.index.upsert(hash, loc, |l| l != loc && log.key_at(l) == Some(key)) {
+            self.forget(prev);
+        }
+        Ok(loc)
+    }
+
+    /// Counts the record at `loc` dead.
+    fn forget(&mut self, loc: Loc) {
+        if let Some(len) = self.log.view(loc, false).map(|v| v.len) {
+            self.log.mark_dead(loc, len);
+        }
+    }
+
+    /// Deletes a key; true when it existed and had not expired.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.check_writable(key, 0)?;
+        self.delete_hashed(key, key_hash(key) as u32)
+    }
+
+    fn delete_hashed(&mut self, key: &[u8], hash: u32) -> Result<bool> {
+        let now = self.now_ms();
+        let log = &self.log;
+        let Some(loc) = self.index.remove(hash, |l| log.key_at(l) == Some(key)) else {
+            return Ok(false);
+        };
+        let was_live = self.log.view(loc, false).is_some_and(|v| !v.is_expired(now));
+        self.forget(loc);
+        let tombstone = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
+        self.log.append(&tombstone)?;
+        Ok(was_live)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a live key's expiry. False when the
+    /// key does not exist.
+    pub fn expire_at(&mut self, key: &[u8], expires_at_ms: Option<u64>) -> Result<bool> {
+        self.check_writable(key, 0)?;
+        let hash = key_hash(key) as u32;
+        let Some((loc, view)) = self.find_live(key, hash) else {
+            return Ok(false);
+        };
+        if view.expires_at_ms == expires_at_ms {
+            return Ok(true);
+        }
+        if matches!(expires_at_ms, Some(at) if at <= self.now_ms()) {
+            self.delete_hashed(key, hash)?;
+            return Ok(true);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        if let Some(view) = self.log.view(loc, false) {
+            scratch.extend_from_slice(view.value);
+        }
+        let result = self.put(key, &scratch, expires_at_ms, hash);
+        self.scratch = scratch;
+        result.map(|_| true)
+    }
+
+    /// Visits up to about `count` live keys from `cursor` (0 to start).
+    /// Returns the cursor to continue from; 0 means the scan is complete.
+    /// Every key present for the whole scan is visited at least once.
+    pub fn scan(&self, cursor: u64, count: usize, mut visit: impl FnMut(&[u8])) -> u64 {
+        let now = self.now_ms();
+        let mut visited = 0usize;
+        let next = self.index.scan_from(cursor, |_, loc| {
+            if let Some(v) = self.log.view(loc, false) {
+                if !v.is_expired(now) {
+                    visit(v.key);
+                }
+            }
+            visited += 1;
+            if visited >= count.max(1) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        next.unwrap_or(0)
+    }
+
+    /// Visits every live record whose full 64-bit key hash lies in the ring
+    /// range `(start, end]` (wrapping when `start >= end`), in batches:
+    /// starts at index cursor `cursor`, stops after about `budget` index
+    /// entries and returns the cursor to continue from (`None` when done).
+    pub fn scan_hash_range(
+        &self,
+        start: u64,
+        end: u64,
+        cursor: u64,
+        budget: usize,
+        mut visit: impl FnMut(RecordView<'_>),
+    ) -> Option<u64> {
+        let now = self.now_ms();
+        let mut seen = 0usize;
+        self.index.scan_from(cursor, |_, loc| {
+            if let Some(v) = self.log.view(loc, self.config.verify_reads) {
+                let h = key_hash(v.key);
+                let inside = if start < end { h > start && h <= end } else { h > start || h <= end };
+                if inside && !v.is_expired(now) {
+                    visit(v);
+                }
+            }
+            seen += 1;
+            if seen >= budget.max(1) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+    }
+
+    /// Removes every key, durably and atomically: after a crash either all
+    /// keys are there or none.
+    pub fn flush_all(&mut self) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        self.log.roll()?;
+        let floor = self.log.segment(self.log.active).expect("active").header.seq;
+        crate::recovery::write_floor(&self.log.dir, floor)?;
+        for slot in self.log.by_seq() {
+            if slot != self.log.active {
+                self.log.remove_segment(slot)?;
+            }
+        }
+        crate::segment::sync_dir(&self.log.dir)?;
+        self.index.clear();
+        self.compaction = None;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            keys: self.index.len() as u64,
+            index_bytes: self.index.heap_bytes() as u64,
+            syncs: self.counters.syncs,
+            compactions: self.counters.compactions,
+            compacted_bytes: self.counters.compacted_bytes,
+            expired_reclaimed: self.counters.expired_reclaimed,
+            poisoned: self.poisoned.is_some(),
+            ..Stats::default()
+        };
+        for seg in self.log.segments.iter().flatten() {
+            stats.segments += 1;
+            stats.segment_bytes += seg.size() as u64;
+            stats.live_bytes += seg.live_bytes;
+            stats.dead_bytes += (seg.end - crate::segment::HEADER_BYTES) as u64 - seg.live_bytes;
+        }
+        stats
+    }
+
+    /// True when writes were appended since the last sync.
+    pub fn needs_sync(&self) -> bool {
+        self.log.needs_sync()
+    }
+
+    /// Makes every write so far durable. On failure the store is poisoned:
+    /// the kernel may have dropped the dirty pages, so retrying could
+    /// report success for data that is gone.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        if !self.log.needs_sync() {
+            return Ok(());
+        }
+        match self.log.sync() {
+            Ok(()) => {
+                self.counters.syncs += 1;
+                self.last_sync_ms = self.now_ms();
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, dir = %self.log.dir.display(), "flush failed; store poisoned");
+                let cause = err.to_string();
+                self.poisoned = Some(cause.clone());
+                Err(Error::Poisoned { cause })
+            }
+        }
+    }
+
+    /// Periodic work for the owning thread: the once-a-second sync of
+    /// `everysec`, a bounded compaction step and index growth. Returns true
+    /// when it did compaction work (call again soon).
+    pub fn tick(&mut self) -> Result<bool> {
+        if self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000 {
+            self.sync()?;
+        }
+        self.index.migrate(1024);
+        self.compact_step(COMPACTION_STEP_BYTES)
+    }
+
+    /// Syncs, seals and writes the index checkpoint so the next open skips
+    /// the scan.
+    pub fn close(mut self) -> Result<()> {
+        self.log.seal_active();
+        self.sync()?;
+        crate::hint::write(&self)
+    }
+}
+
+/// Bytes of records one compaction step examines: small enough that a step
+/// costs tens of microseconds, so requests interleaved with it stay fast.
+pub const COMPACTION_STEP_BYTES: usize = 256 << 10;
