@@ -1,0 +1,227 @@
+//! The connection loop shared by both protocols: read what the socket has,
+//! parse every complete request, execute local operations at once and send
+//! others to their shards, wait for durability once per batch, write all
+//! replies in request order with one write.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::op::{KeyOp, OpResult, ShardOp};
+use crate::shard::{Shard, Work};
+
+/// What a parsed request asks for.
+#[derive(Debug)]
+pub enum Job<S> {
+    /// Answer without touching a store.
+    Reply(S),
+    /// Answer, then close the connection (QUIT).
+    ReplyAndClose(S),
+    /// One operation on one key.
+    Key(KeyOp, S),
+    /// One operation per key, results in argument order.
+    Keys(Vec<KeyOp>, S),
+    /// One operation on every shard, results in shard order.
+    Shards(ShardOp, S),
+}
+
+/// A protocol: parses requests into jobs and renders their results.
+pub trait Protocol {
+    /// How a job's results are rendered (the request id, the command...).
+    type Shape: std::fmt::Debug;
+
+    /// Parses one request from the front of `buf`; `None`: incomplete.
+    /// A request that can never be valid becomes `ReplyAndClose` with an
+    /// error shape, so the error is written after the replies before it.
+    fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Self::Shape>>;
+
+    /// Renders results (empty for `Reply`).
+    fn render(&mut self, shape: &Self::Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut);
+
+    /// Renders a single GET straight from the store's mapping, if this
+    /// shape is a plain GET; returns false otherwise.
+    fn render_borrowed_get(&mut self, shape: &Self::Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool;
+}
+
+/// A reply not yet written because an earlier one is still awaited.
+#[derive(Debug)]
+enum Pending<S> {
+    Ready(BytesMut),
+    Gather { shape: S, results: Vec<Option<OpResult>>, waits: Vec<(oneshot::Receiver<Vec<OpResult>>, Vec<usize>)> },
+}
+
+const READ_BUFFER_BYTES: usize = 16 << 10;
+
+/// Serves one connection until the client leaves, errs, or the server
+/// shuts down.
+pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut proto: P) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let mut inbuf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut pending: VecDeque<Pending<P::Shape>> = VecDeque::new();
+    let limits = shard.shared.limits.clone();
+    let mut shutdown = shard.shared.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let read = tokio::select! {
+            r = stream.read_buf(&mut inbuf) => r,
+            _ = shutdown.changed() => break,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(n) => {
+                shard.counters().bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::debug!(?peer, error = %err, "read failed; closing");
+                break;
+            }
+        }
+        let mut wrote = false;
+        let mut close = false;
+        for _ in 0..limits.pipeline_batch_max {
+            let Some(job) = proto.parse(&mut inbuf, &shard) else { break };
+            shard.counters().commands.fetch_add(1, Ordering::Relaxed);
+            match job {
+                Job::Reply(shape) => emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]),
+                Job::ReplyAndClose(shape) => {
+                    tracing::debug!(?peer, ?shape, "closing connection after this reply");
+                    emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]);
+                    close = true;
+                    break;
+                }
+                Job::Key(op, shape) => {
+                    let owner = shard.shared.shard_of(op.key());
+                    if owner == shard.id {
+                        wrote |= op.is_write();
+                        if let KeyOp::Get { key } = &op {
+                            if pending.is_empty() {
+                                let done = shard.with_store(|s| proto.render_borrowed_get(&shape, s.get(key), &mut out));
+                                if done {
+                                    continue;
+                                }
+                            }
+                        }
+                        let result = shard.execute(&op);
+                        emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
+                    } else {
+                        shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
+                        let rx = shard.shared.mailboxes[owner].send(Work::Keys(vec![op]));
+                        pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
+                    }
+                }
+                Job::Keys(ops, shape) => {
+                    let n = ops.len();
+                    let mut results: Vec<Option<OpResult>> = vec![None; n];
+                    let mut by_shard: Vec<(Vec<KeyOp>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); shard.shared.mailboxes.len()];
+                    for (i, op) in ops.into_iter().enumerate() {
+                        let owner = shard.shared.shard_of(op.key());
+                        by_shard[owner].0.push(op);
+                        by_shard[owner].1.push(i);
+                    }
+                    let mut waits = Vec::new();
+                    for (owner, (ops, positions)) in by_shard.into_iter().enumerate() {
+                        if ops.is_empty() {
+                            continue;
+                        }
+                        if owner == shard.id {
+                            wrote |= ops.iter().any(KeyOp::is_write);
+                            for (op, i) in ops.iter().zip(&positions) {
+                                results[*i] = Some(shard.execute(op));
+                            }
+                        } else {
+                            shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
+                            waits.push((shard.shared.mailboxes[owner].send(Work::Keys(ops)), positions));
+                        }
+                    }
+                    if waits.is_empty() && pending.is_empty() {
+                        let results: Vec<OpResult> = results.into_iter().map(|r| r.expect("all local")).collect();
+                        proto.render(&shape, &results, &shard, &mut out);
+                    } else {
+                        pending.push_back(Pending::Gather { shape, results, waits });
+                    }
+                }
+                Job::Shards(sop, shape) => {
+                    let shards = shard.shared.mailboxes.len();
+                    let mut results: Vec<Option<OpResult>> = vec![None; shards];
+                    let mut waits = Vec::new();
+                    for owner in 0..shards {
+                        if owner == shard.id {
+                            wrote |= sop == ShardOp::FlushAll;
+                            results[owner] = Some(shard.with_store(|s| crate::op::execute_shard(s, sop)));
+                        } else {
+                            waits.push((shard.shared.mailboxes[owner].send(Work::Shard(sop)), vec![owner]));
+                        }
+                    }
+                    pending.push_back(Pending::Gather { shape, results, waits });
+                }
+            }
+        }
+        if inbuf.len() > limits.frame_max_bytes + 1024 {
+            tracing::info!(?peer, "request larger than the frame limit; closing connection");
+            close = true;
+        }
+        if wrote && !shard.durable().await {
+            tracing::error!(?peer, "sync failed; closing without acknowledging writes");
+            break;
+        }
+        for p in pending.drain(..) {
+            match p {
+                Pending::Ready(bytes) => out.extend_from_slice(&bytes),
+                Pending::Gather { shape, mut results, waits } => {
+                    for (rx, positions) in waits {
+                        let answers = rx.await.unwrap_or_default();
+                        for (i, answer) in positions.into_iter().zip(answers.into_iter().chain(std::iter::repeat_with(
+                            || OpResult::Error("shard unavailable".into()),
+                        ))) {
+                            results[i] = Some(answer);
+                        }
+                    }
+                    let results: Vec<OpResult> = results.into_iter().map(|r| r.unwrap_or(OpResult::Error("lost".into()))).collect();
+                    proto.render(&shape, &results, &shard, &mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            shard.counters().bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+            if let Err(err) = stream.write_all(&out).await {
+                tracing::debug!(?peer, error = %err, "write failed; closing");
+                break;
+            }
+            out.clear();
+            if out.capacity() > 4 << 20 {
+                out = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Renders a reply now, or queues it behind replies still awaited.
+fn emit<P: Protocol>(
+    proto: &mut P,
+    shard: &Shard,
+    pending: &mut VecDeque<Pending<P::Shape>>,
+    out: &mut BytesMut,
+    shape: P::Shape,
+    results: &[OpResult],
+) {
+    if pending.is_empty() {
+        proto.render(&shape, results, shard, out);
+    } else {
+        let mut buf = BytesMut::new();
+        proto.render(&shape, results, shard, &mut buf);
+        pending.push_back(Pending::Ready(buf));
+    }
+}

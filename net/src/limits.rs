@@ -1,0 +1,40 @@
+//! Named limits on what a client may send. Each is checked before any
+//! allocation is sized from untrusted input.
+
+/// Limits a server enforces, with safe defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest native frame (after its length prefix) or RESP request.
+    pub frame_max_bytes: usize,
+    /// Longest key.
+    pub key_max_bytes: usize,
+    /// Longest value.
+    pub value_max_bytes: usize,
+    /// Most arguments (RESP) or keys (native MGET/MSET) in one request.
+    pub args_max: usize,
+    /// Open connections per shard; more are accepted and closed at once.
+    pub connections_per_shard_max: usize,
+    /// Requests parsed from one read before replies are written: bounds the
+    /// memory a deep pipeline can pin.
+    pub pipeline_batch_max: usize,
+}
+
+pub const FRAME_DEFAULT_MAX_BYTES: usize = 64 << 20;
+pub const KEY_DEFAULT_MAX_BYTES: usize = engine::record::KEY_LEN_MAX_BYTES;
+pub const VALUE_DEFAULT_MAX_BYTES: usize = engine::VALUE_LEN_DEFAULT_MAX_BYTES;
+pub const ARGS_DEFAULT_MAX: usize = 1 << 20;
+pub const CONNECTIONS_PER_SHARD_DEFAULT_MAX: usize = 10_000;
+pub const PIPELINE_BATCH_DEFAULT_MAX: usize = 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max_bytes: FRAME_DEFAULT_MAX_BYTES,
+            key_max_bytes: KEY_DEFAULT_MAX_BYTES,
+            value_max_bytes: VALUE_DEFAULT_MAX_BYTES,
+            args_max: ARGS_DEFAULT_MAX,
+            connections_per_shard_max: CONNECTIONS_PER_SHARD_DEFAULT_MAX,
+            pipeline_batch_max: PIPELINE_BATCH_DEFAULT_MAX,
+        }
+    }
+}

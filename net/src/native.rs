@@ -1,0 +1,482 @@
+//! The native binary protocol, specified in docs/protocol.md.
+//!
+//! ```text
+//! request:  | len u32 | op u8     | flags u8 | id u32 | body (len - 6 bytes) |
+//! response: | len u32 | status u8 | flags u8 | id u32 | body (len - 6 bytes) |
+//! ```
+//! All integers are little-endian. `len` counts the bytes after itself.
+//! Byte strings in bodies are `u32 length` then the bytes. A partial frame
+//! is `Ok(None)` (wait for more bytes); a frame that can never be valid is
+//! an error, answered and followed by closing the connection.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use engine::{Condition, SetExpiry, Ttl};
+
+use crate::limits::Limits;
+use crate::op::{KeyOp, OpResult};
+
+/// Bytes of the fixed part after the length prefix.
+pub const HEADER_BYTES: usize = 6;
+/// Bytes of the length prefix.
+pub const LEN_BYTES: usize = 4;
+
+/// Operation codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    Get = 0x01,
+    Set = 0x02,
+    Del = 0x03,
+    Exists = 0x04,
+    Expire = 0x05,
+    Ttl = 0x06,
+    MGet = 0x07,
+    MSet = 0x08,
+    Ping = 0x09,
+    Stats = 0x0a,
+    Auth = 0x0b,
+    Ring = 0x0c,
+}
+
+impl Opcode {
+    pub fn from_u8(b: u8) -> Option<Opcode> {
+        use Opcode::*;
+        Some(match b {
+            0x01 => Get,
+            0x02 => Set,
+            0x03 => Del,
+            0x04 => Exists,
+            0x05 => Expire,
+            0x06 => Ttl,
+            0x07 => MGet,
+            0x08 => MSet,
+            0x09 => Ping,
+            0x0a => Stats,
+            0x0b => Auth,
+            0x0c => Ring,
+            _ => return None,
+        })
+    }
+}
+
+/// SET flags.
+pub mod set_flags {
+    /// Only if the key does not exist.
+    pub const NX: u8 = 1;
+    /// Only if the key exists.
+    pub const XX: u8 = 2;
+    /// Return the previous value.
+    pub const GET: u8 = 4;
+    /// Keep the existing expiry (the body's ttl must be 0).
+    pub const KEEPTTL: u8 = 8;
+}
+
+/// Reply status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    Error = 2,
+    /// The key belongs to another node; body: epoch u64, address bytes.
+    Moved = 3,
+    /// A conditional SET whose condition did not hold.
+    NotStored = 4,
+}
+
+impl Status {
+    pub fn from_u8(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::NotFound,
+            2 => Status::Error,
+            3 => Status::Moved,
+            4 => Status::NotStored,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u32,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestBody {
+    Key(KeyOpWire),
+    MGet(Vec<Bytes>),
+    MSet(Vec<(Bytes, Bytes)>),
+    Ping,
+    Stats,
+    Auth(Bytes),
+    Ring,
+}
+
+/// A single-key operation with relative TTLs, as it travels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyOpWire {
+    Get(Bytes),
+    Set { key: Bytes, value: Bytes, ttl_ms: u64, flags: u8 },
+    Del(Bytes),
+    Exists(Bytes),
+    /// ttl 0 removes the expiry.
+    Expire { key: Bytes, ttl_ms: u64 },
+    Ttl(Bytes),
+}
+
+impl KeyOpWire {
+    /// The operation with absolute expiries, for the store.
+    pub fn into_op(self, now_ms: u64) -> KeyOp {
+        match self {
+            KeyOpWire::Get(key) => KeyOp::Get { key },
+            KeyOpWire::Set { key, value, ttl_ms, flags } => KeyOp::Set {
+                key,
+                value,
+                expiry: if flags & set_flags::KEEPTTL != 0 {
+                    SetExpiry::Keep
+                } else if ttl_ms > 0 {
+                    SetExpiry::At(now_ms.saturating_add(ttl_ms))
+                } else {
+                    SetExpiry::None
+                },
+                condition: if flags & set_flags::NX != 0 {
+                    Condition::IfAbsent
+                } else if flags & set_flags::XX != 0 {
+                    Condition::IfPresent
+                } else {
+                    Condition::Always
+                },
+                return_old: flags & set_flags::GET != 0,
+            },
+            KeyOpWire::Del(key) => KeyOp::Del { key },
+            KeyOpWire::Exists(key) => KeyOp::Exists { key },
+            KeyOpWire::Expire { key, ttl_ms } => {
+                KeyOp::ExpireAt { key, at_ms: (ttl_ms > 0).then(|| now_ms.saturating_add(ttl_ms)) }
+            }
+            KeyOpWire::Ttl(key) => KeyOp::Ttl { key },
+        }
+    }
+}
+
+/// Why bytes are not a valid request. After any of these the connection
+/// is answered with an error and closed: framing cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("frame of {len} bytes is shorter than its header")]
+    TooShort { len: usize },
+    #[error("unknown opcode {0:#04x}")]
+    UnknownOpcode(u8),
+    #[error("malformed body for {op:?}: {problem}")]
+    Malformed { op: Opcode, problem: &'static str },
+    #[error("key of {len} bytes exceeds the limit of {limit}")]
+    KeyTooLarge { len: usize, limit: usize },
+    #[error("value of {len} bytes exceeds the limit of {limit}")]
+    ValueTooLarge { len: usize, limit: usize },
+    #[error("{count} keys exceed the limit of {limit}")]
+    TooManyKeys { count: usize, limit: usize },
+}
+
+/// Decodes one request from the front of `buf`, consuming it. `Ok(None)`
+/// means more bytes are needed; nothing is allocated until the whole frame
+/// is present.
+pub fn decode_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, (u32, FrameError)> {
+    let Some(len_bytes) = buf.get(..LEN_BYTES) else { return Ok(None) };
+    let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+    if len > limits.frame_max_bytes {
+        return Err((0, FrameError::TooLarge { len, limit: limits.frame_max_bytes }));
+    }
+    if len < HEADER_BYTES {
+        return Err((0, FrameError::TooShort { len }));
+    }
+    if buf.len() < LEN_BYTES + len {
+        buf.reserve(LEN_BYTES + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LEN_BYTES);
+    let mut frame = buf.split_to(len).freeze();
+    let op_byte = frame.get_u8();
+    let flags = frame.get_u8();
+    let id = frame.get_u32_le();
+    let op = Opcode::from_u8(op_byte).ok_or((id, FrameError::UnknownOpcode(op_byte)))?;
+    let body = decode_body(op, flags, &mut frame, limits).map_err(|e| (id, e))?;
+    if frame.has_remaining() {
+        return Err((id, FrameError::Malformed { op, problem: "trailing bytes" }));
+    }
+    Ok(Some(Request { id, body }))
+}
+
+fn decode_body(op: Opcode, flags: u8, f: &mut Bytes, limits: &Limits) -> Result<RequestBody, FrameError> {
+    let bad = |problem| FrameError::Malformed { op, problem };
+    let key = |f: &mut Bytes| -> Result<Bytes, FrameError> {
+        let k = get_bytes(f).ok_or(bad("truncated key"))?;
+        if k.len() > limits.key_max_bytes {
+            return Err(FrameError::KeyTooLarge { len: k.len(), limit: limits.key_max_bytes });
+        }
+        Ok(k)
+    };
+    let value = |f: &mut Bytes| -> Result<Bytes, FrameError> {
+        let v = get_bytes(f).ok_or(bad("truncated value"))?;
+        if v.len() > limits.value_max_bytes {
+            return Err(FrameError::ValueTooLarge { len: v.len(), limit: limits.value_max_bytes });
+        }
+        Ok(v)
+    };
+    let u64_field = |f: &mut Bytes| if f.remaining() >= 8 { Ok(f.get_u64_le()) } else { Err(bad("truncated u64")) };
+    let count = |f: &mut Bytes| -> Result<usize, FrameError> {
+        if f.remaining() < 4 {
+            return Err(bad("truncated count"));
+        }
+        let n = f.get_u32_le() as usize;
+        if n > limits.args_max {
+            return Err(FrameError::TooManyKeys { count: n, limit: limits.args_max });
+        }
+        // Each key needs at least its 4-byte length: a count the frame
+        // cannot hold is refused before anything is allocated for it.
+        if n > f.remaining() / 4 {
+            return Err(bad("count larger than the frame"));
+        }
+        Ok(n)
+    };
+    Ok(match op {
+        Opcode::Get => RequestBody::Key(KeyOpWire::Get(key(f)?)),
+        Opcode::Set => {
+            let (k, v, ttl_ms) = (key(f)?, value(f)?, u64_field(f)?);
+            if flags & set_flags::NX != 0 && flags & set_flags::XX != 0 {
+                return Err(bad("NX and XX together"));
+            }
+            if flags & set_flags::KEEPTTL != 0 && ttl_ms != 0 {
+                return Err(bad("KEEPTTL with a ttl"));
+            }
+            RequestBody::Key(KeyOpWire::Set { key: k, value: v, ttl_ms, flags })
+        }
+        Opcode::Del => RequestBody::Key(KeyOpWire::Del(key(f)?)),
+        Opcode::Exists => RequestBody::Key(KeyOpWire::Exists(key(f)?)),
+        Opcode::Expire => RequestBody::Key(KeyOpWire::Expire { key: key(f)?, ttl_ms: u64_field(f)? }),
+        Opcode::Ttl => RequestBody::Key(KeyOpWire::Ttl(key(f)?)),
+        Opcode::MGet => {
+            let n = count(f)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(key(f)?);
+            }
+            RequestBody::MGet(keys)
+        }
+        Opcode::MSet => {
+            let n = count(f)?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                pairs.push((key(f)?, value(f)?));
+            }
+            RequestBody::MSet(pairs)
+        }
+        Opcode::Ping => RequestBody::Ping,
+        Opcode::Stats => RequestBody::Stats,
+        Opcode::Auth => RequestBody::Auth(get_bytes(f).ok_or(bad("truncated secret"))?),
+        Opcode::Ring => RequestBody::Ring,
+    })
+}
+
+fn get_bytes(f: &mut Bytes) -> Option<Bytes> {
+    if f.remaining() < 4 {
+        return None;
+    }
+    let n = f.get_u32_le() as usize;
+    (f.remaining() >= n).then(|| f.split_to(n))
+}
+
+/// Appends a `u32 length` then the bytes.
+pub fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+/// Writes a response frame whose body `body` writes.
+pub fn put_response(out: &mut BytesMut, status: Status, id: u32, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u8(status as u8);
+    out.put_u8(0);
+    out.put_u32_le(id);
+    body(out);
+    let len = (out.len() - start - LEN_BYTES) as u32;
+    out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+}
+
+pub fn put_error(out: &mut BytesMut, id: u32, message: &str) {
+    put_response(out, Status::Error, id, |o| o.put_slice(message.as_bytes()));
+}
+
+/// Encodes a GET reply straight from a borrowed value.
+pub fn put_value(out: &mut BytesMut, id: u32, value: Option<&[u8]>) {
+    match value {
+        Some(v) => put_response(out, Status::Ok, id, |o| o.put_slice(v)),
+        None => put_response(out, Status::NotFound, id, |_| {}),
+    }
+}
+
+/// Encodes the reply to a single-key operation.
+pub fn put_result(out: &mut BytesMut, id: u32, result: &OpResult) {
+    match result {
+        OpResult::Value(v) => put_value(out, id, v.as_deref()),
+        OpResult::Set { written, old } => {
+            let status = if *written { Status::Ok } else { Status::NotStored };
+            put_response(out, status, id, |o| {
+                if let Some(old) = old {
+                    o.put_u8(1);
+                    put_bytes(o, old);
+                }
+            })
+        }
+        OpResult::Existed(true) | OpResult::Done => put_response(out, Status::Ok, id, |_| {}),
+        OpResult::Existed(false) => put_response(out, Status::NotFound, id, |_| {}),
+        OpResult::Ttl(ttl) => put_response(out, Status::Ok, id, |o| {
+            o.put_i64_le(match ttl {
+                Ttl::Missing => -2,
+                Ttl::Persistent => -1,
+                Ttl::Remaining { ms } => *ms as i64,
+            })
+        }),
+        OpResult::Stats(_) => put_error(out, id, "stats are not a key result"),
+        OpResult::Error(message) => put_error(out, id, message),
+    }
+}
+
+/// Encodes a request (used by the client and by tests).
+pub fn put_request(out: &mut BytesMut, id: u32, body: &RequestBody) {
+    let start = out.len();
+    out.put_u32_le(0);
+    let (op, flags) = match body {
+        RequestBody::Key(KeyOpWire::Get(_)) => (Opcode::Get, 0),
+        RequestBody::Key(KeyOpWire::Set { flags, .. }) => (Opcode::Set, *flags),
+        RequestBody::Key(KeyOpWire::Del(_)) => (Opcode::Del, 0),
+        RequestBody::Key(KeyOpWire::Exists(_)) => (Opcode::Exists, 0),
+        RequestBody::Key(KeyOpWire::Expire { .. }) => (Opcode::Expire, 0),
+        RequestBody::Key(KeyOpWire::Ttl(_)) => (Opcode::Ttl, 0),
+        RequestBody::MGet(_) => (Opcode::MGet, 0),
+        RequestBody::MSet(_) => (Opcode::MSet, 0),
+        RequestBody::Ping => (Opcode::Ping, 0),
+        RequestBody::Stats => (Opcode::Stats, 0),
+        RequestBody::Auth(_) => (Opcode::Auth, 0),
+        RequestBody::Ring => (Opcode::Ring, 0),
+    };
+    out.put_u8(op as u8);
+    out.put_u8(flags);
+    out.put_u32_le(id);
+    match body {
+        RequestBody::Key(KeyOpWire::Get(k) | KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k)) => {
+            put_bytes(out, k)
+        }
+        RequestBody::Key(KeyOpWire::Set { key, value, ttl_ms, .. }) => {
+            put_bytes(out, key);
+            put_bytes(out, value);
+            out.put_u64_le(*ttl_ms);
+        }
+        RequestBody::Key(KeyOpWire::Expire { key, ttl_ms }) => {
+            put_bytes(out, key);
+            out.put_u64_le(*ttl_ms);
+        }
+        RequestBody::MGet(keys) => {
+            out.put_u32_le(keys.len() as u32);
+            keys.iter().for_each(|k| put_bytes(out, k));
+        }
+        RequestBody::MSet(pairs) => {
+            out.put_u32_le(pairs.len() as u32);
+            for (k, v) in pairs {
+                put_bytes(out, k);
+                put_bytes(out, v);
+            }
+        }
+        RequestBody::Auth(secret) => put_bytes(out, secret),
+        RequestBody::Ping | RequestBody::Stats | RequestBody::Ring => {}
+    }
+    let len = (out.len() - start - LEN_BYTES) as u32;
+    out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A decoded response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub id: u32,
+    pub status: Status,
+    pub body: Bytes,
+}
+
+/// Decodes one response (client side).
+pub fn decode_response(buf: &mut BytesMut, frame_max_bytes: usize) -> Result<Option<Response>, FrameError> {
+    let Some(len_bytes) = buf.get(..LEN_BYTES) else { return Ok(None) };
+    let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+    if len > frame_max_bytes {
+        return Err(FrameError::TooLarge { len, limit: frame_max_bytes });
+    }
+    if len < HEADER_BYTES {
+        return Err(FrameError::TooShort { len });
+    }
+    if buf.len() < LEN_BYTES + len {
+        buf.reserve(LEN_BYTES + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LEN_BYTES);
+    let mut frame = buf.split_to(len).freeze();
+    let status_byte = frame.get_u8();
+    let _flags = frame.get_u8();
+    let id = frame.get_u32_le();
+    let status = Status::from_u8(status_byte).ok_or(FrameError::UnknownOpcode(status_byte))?;
+    Ok(Some(Response { id, status, body: frame }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(body: RequestBody) {
+        let mut buf = BytesMut::new();
+        put_request(&mut buf, 42, &body);
+        // Every proper prefix is incomplete, never an error.
+        for cut in 0..buf.len() {
+            let mut partial = BytesMut::from(&buf[..cut]);
+            assert_eq!(decode_request(&mut partial, &Limits::default()), Ok(None), "cut {cut}");
+        }
+        let decoded = decode_request(&mut buf, &Limits::default()).unwrap().unwrap();
+        assert_eq!(decoded, Request { id: 42, body });
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let k = Bytes::from_static(b"key");
+        roundtrip(RequestBody::Key(KeyOpWire::Get(k.clone())));
+        roundtrip(RequestBody::Key(KeyOpWire::Set { key: k.clone(), value: Bytes::from_static(b"v"), ttl_ms: 5, flags: set_flags::NX | set_flags::GET }));
+        roundtrip(RequestBody::MGet(vec![k.clone(), Bytes::new()]));
+        roundtrip(RequestBody::MSet(vec![(k.clone(), Bytes::from_static(b"1"))]));
+        roundtrip(RequestBody::Ping);
+        roundtrip(RequestBody::Auth(Bytes::from_static(b"secret")));
+    }
+
+    #[test]
+    fn hostile_frames_are_refused_without_allocating() {
+        let limits = Limits::default();
+        let mut huge = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        assert!(matches!(decode_request(&mut huge, &limits), Err((_, FrameError::TooLarge { .. }))));
+        let mut zero = BytesMut::from(&0u32.to_le_bytes()[..]);
+        assert!(matches!(decode_request(&mut zero, &limits), Err((_, FrameError::TooShort { len: 0 }))));
+        let mut unknown = BytesMut::new();
+        unknown.put_u32_le(6);
+        unknown.put_u8(0xee);
+        unknown.put_u8(0);
+        unknown.put_u32_le(9);
+        assert_eq!(decode_request(&mut unknown, &limits), Err((9, FrameError::UnknownOpcode(0xee))));
+        // An MGET claiming 2^30 keys in a 10-byte body.
+        let mut mget = BytesMut::new();
+        mget.put_u32_le(10);
+        mget.put_u8(Opcode::MGet as u8);
+        mget.put_u8(0);
+        mget.put_u32_le(1);
+        mget.put_u32_le(1 << 19);
+        assert!(matches!(decode_request(&mut mget, &limits), Err((1, FrameError::Malformed { .. }))));
+    }
+}

@@ -1,0 +1,213 @@
+//! The native protocol on the server side: requests to jobs, results to
+//! frames.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::conn::{Job, Protocol};
+use crate::native::{self, put_bytes, put_error, put_response, RequestBody, Status};
+use crate::op::{KeyOp, OpResult, ShardOp};
+use crate::shard::Shard;
+
+/// Per-connection state of the native protocol.
+#[derive(Debug, Default)]
+pub struct Native {
+    authenticated: bool,
+}
+
+/// How a native job's results are rendered.
+#[derive(Debug)]
+pub enum Shape {
+    Key { id: u32 },
+    MGet { id: u32 },
+    MSet { id: u32 },
+    Stats { id: u32 },
+    Status { id: u32, status: Status },
+    Error { id: u32, message: String },
+    Ring { id: u32 },
+}
+
+impl Protocol for Native {
+    type Shape = Shape;
+
+    fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
+        let shared = &shard.shared;
+        let request = match native::decode_request(buf, &shared.limits) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err((id, err)) => {
+                tracing::info!(error = %err, "bad native frame; closing connection");
+                buf.clear();
+                return Some(Job::ReplyAndClose(Shape::Error { id, message: err.to_string() }));
+            }
+        };
+        let id = request.id;
+        if let Some(secret) = &shared.requirepass {
+            if !self.authenticated {
+                match &request.body {
+                    RequestBody::Auth(given) => {
+                        self.authenticated = constant_time_eq(given, secret.as_bytes());
+                        return Some(Job::Reply(if self.authenticated {
+                            Shape::Status { id, status: Status::Ok }
+                        } else {
+                            Shape::Error { id, message: "WRONGPASS invalid password".into() }
+                        }));
+                    }
+                    RequestBody::Ping => {}
+                    _ => return Some(Job::Reply(Shape::Error { id, message: "NOAUTH authentication required".into() })),
+                }
+            }
+        }
+        let now = shard.with_store(|s| s.now_ms());
+        Some(match request.body {
+            RequestBody::Key(op) => Job::Key(op.into_op(now), Shape::Key { id }),
+            RequestBody::MGet(keys) => Job::Keys(keys.into_iter().map(|key| KeyOp::Get { key }).collect(), Shape::MGet { id }),
+            RequestBody::MSet(pairs) => Job::Keys(
+                pairs
+                    .into_iter()
+                    .map(|(key, value)| KeyOp::Set {
+                        key,
+                        value,
+                        expiry: engine::SetExpiry::None,
+                        condition: engine::Condition::Always,
+                        return_old: false,
+                    })
+                    .collect(),
+                Shape::MSet { id },
+            ),
+            RequestBody::Ping => Job::Reply(Shape::Status { id, status: Status::Ok }),
+            RequestBody::Stats => Job::Shards(ShardOp::Stats, Shape::Stats { id }),
+            RequestBody::Auth(given) => Job::Reply(match &shared.requirepass {
+                Some(secret) if constant_time_eq(&given, secret.as_bytes()) => Shape::Status { id, status: Status::Ok },
+                Some(_) => Shape::Error { id, message: "WRONGPASS invalid password".into() },
+                None => Shape::Error { id, message: "AUTH called without a password configured".into() },
+            }),
+            RequestBody::Ring => Job::Reply(Shape::Ring { id }),
+        })
+    }
+
+    fn render(&mut self, shape: &Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {
+        match shape {
+            Shape::Key { id } => match results.first() {
+                Some(r) => native::put_result(out, *id, r),
+                None => put_error(out, *id, "no result"),
+            },
+            Shape::MGet { id } => put_response(out, Status::Ok, *id, |o| {
+                o.put_u32_le(results.len() as u32);
+                for r in results {
+                    match r {
+                        OpResult::Value(Some(v)) => {
+                            o.put_u8(1);
+                            put_bytes(o, v);
+                        }
+                        _ => o.put_u8(0),
+                    }
+                }
+            }),
+            Shape::MSet { id } => match results.iter().find_map(|r| match r {
+                OpResult::Error(e) => Some(e),
+                _ => None,
+            }) {
+                Some(err) => put_error(out, *id, err),
+                None => put_response(out, Status::Ok, *id, |_| {}),
+            },
+            Shape::Stats { id } => {
+                let text = stats_text(shard, results);
+                put_response(out, Status::Ok, *id, |o| o.put_slice(text.as_bytes()));
+            }
+            Shape::Status { id, status } => put_response(out, *status, *id, |_| {}),
+            Shape::Error { id, message } => put_error(out, *id, message),
+            Shape::Ring { id } => {
+                let shared = &shard.shared;
+                let toml = shared.ring.description().to_toml_string().unwrap_or_default();
+                put_response(out, Status::Ok, *id, |o| {
+                    o.put_u64_le(shared.ring.epoch());
+                    o.put_u32_le(shared.shard_ports.len() as u32);
+                    shared.shard_ports.iter().for_each(|p| o.put_u16_le(*p));
+                    o.put_slice(toml.as_bytes());
+                });
+            }
+        }
+    }
+
+    fn render_borrowed_get(&mut self, shape: &Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool {
+        match shape {
+            Shape::Key { id } => {
+                native::put_value(out, *id, value);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The STATS text: `name:value` lines, summed over shards.
+pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
+    let mut sum = engine::Stats::default();
+    for r in results {
+        if let OpResult::Stats(s) = r {
+            sum.keys += s.keys;
+            sum.live_bytes += s.live_bytes;
+            sum.dead_bytes += s.dead_bytes;
+            sum.segments += s.segments;
+            sum.segment_bytes += s.segment_bytes;
+            sum.index_bytes += s.index_bytes;
+            sum.syncs += s.syncs;
+            sum.compactions += s.compactions;
+            sum.expired_reclaimed += s.expired_reclaimed;
+            sum.poisoned |= s.poisoned;
+        }
+    }
+    let shared = &shard.shared;
+    let counter = |f: fn(&crate::shard::ShardCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+        shared.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+    };
+    format!(
+        "shards:{}\nkeys:{}\nlive_bytes:{}\ndead_bytes:{}\nsegments:{}\nsegment_bytes:{}\nindex_bytes:{}\nsyncs:{}\ncompactions:{}\nexpired_reclaimed:{}\npoisoned:{}\ntotal_commands_processed:{}\nconnected_clients:{}\ntotal_connections_received:{}\ncross_shard_hops:{}\ntotal_net_input_bytes:{}\ntotal_net_output_bytes:{}\nprocess_cpu_ms:{}\nuptime_ms:{}\n",
+        shared.counters.len(),
+        sum.keys,
+        sum.live_bytes,
+        sum.dead_bytes,
+        sum.segments,
+        sum.segment_bytes,
+        sum.index_bytes,
+        sum.syncs,
+        sum.compactions,
+        sum.expired_reclaimed,
+        u8::from(sum.poisoned),
+        counter(|c| &c.commands),
+        counter(|c| &c.connections),
+        counter(|c| &c.connections_total),
+        counter(|c| &c.cross_shard_hops),
+        counter(|c| &c.bytes_in),
+        counter(|c| &c.bytes_out),
+        process_cpu_ms(),
+        shared.started.elapsed().as_millis(),
+    )
+}
+
+/// CPU time (user + system) this process has used, in milliseconds.
+pub fn process_cpu_ms() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes a full rusage into the pointer on success.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let u = unsafe { usage.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}

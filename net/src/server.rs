@@ -1,0 +1,367 @@
+//! Starting and stopping a server: one thread per shard, each pinned to a
+//! core and running its own single-threaded tokio runtime over its own
+//! store.
+//!
+//! Listening: every shard accepts on the shared native port and the shared
+//! RESP port (SO_REUSEPORT: the kernel spreads connections over the
+//! shards), and on a native port of its own (shard-aware port, as
+//! ScyllaDB's): a client that knows the ring connects to the owning shard
+//! there and its requests cross no thread. A request on any port may name
+//! any key; keys owned elsewhere travel through the owner's inbox.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use engine::{FsyncPolicy, Store};
+use router::{InitConfig, NodeId, Ring, RingDescription};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::limits::Limits;
+use crate::native_server::Native;
+use crate::resp::Resp;
+use crate::shard::{Envelope, Mailbox, Shard, ShardCounters, Shared};
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: IpAddr,
+    /// Shared native port; 0 picks a free one.
+    pub port: u16,
+    /// Shared RESP port; `None` serves no RESP.
+    pub resp_port: Option<u16>,
+    /// First shard-aware port (shard i listens on base + i); 0 picks free
+    /// ports.
+    pub shard_port_base: u16,
+    pub shards: usize,
+    /// Shard i keeps its store in `data_dir/shard-i`.
+    pub data_dir: PathBuf,
+    /// Store settings applied to every shard.
+    pub store: engine::Config,
+    pub limits: Limits,
+    pub requirepass: Option<String>,
+    /// Pin shard i to CPU i (modulo the CPUs available).
+    pub pin_cores: bool,
+    /// How long shutdown waits for connections to finish in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+pub const PORT_DEFAULT: u16 = 7400;
+pub const RESP_PORT_DEFAULT: u16 = 6380;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: PORT_DEFAULT,
+            resp_port: Some(RESP_PORT_DEFAULT),
+            shard_port_base: PORT_DEFAULT + 1,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            data_dir: PathBuf::from("ringkv-data"),
+            store: engine::Config::default(),
+            limits: Limits::default(),
+            requirepass: None,
+            pin_cores: true,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("shard {shard}: {source}")]
+    Store { shard: usize, source: engine::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("shard thread {0} died")]
+    ThreadDied(usize),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    pub native_addr: SocketAddr,
+    pub resp_addr: Option<SocketAddr>,
+    pub shard_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl ServerHandle {
+    /// Asks every shard to stop: stop accepting, finish in-flight requests,
+    /// sync and write the index checkpoint.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(ServerError::ThreadDied(i)),
+            }
+        }
+        result
+    }
+
+    pub fn total_commands(&self) -> u64 {
+        self.shared.total_commands()
+    }
+}
+
+fn listener(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, ServerError> {
+    use socket2::{Domain, Socket, Type};
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_err)?;
+    }
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    socket.listen(1024).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+/// Binds one socket per shard on the same port (SO_REUSEPORT).
+fn shared_listeners(bind: IpAddr, port: u16, shards: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServerError> {
+    let first = listener(SocketAddr::new(bind, port), true)?;
+    let addr = first.local_addr().map_err(|source| ServerError::Bind { addr: SocketAddr::new(bind, port), source })?;
+    let mut all = vec![first];
+    for _ in 1..shards {
+        all.push(listener(addr, true)?);
+    }
+    Ok((all, addr))
+}
+
+/// Opens every shard's store and starts serving. Returns once every shard
+/// has recovered and listens.
+pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let shards = config.shards;
+    if shards == 0 || shards > 1024 {
+        return Err(ServerError::Config(format!("shards must be 1..=1024, not {shards}")));
+    }
+    let (native, native_addr) = shared_listeners(config.bind, config.port, shards)?;
+    let (resp, resp_addr) = match config.resp_port {
+        Some(port) => {
+            let (l, a) = shared_listeners(config.bind, port, shards)?;
+            (l.into_iter().map(Some).collect(), Some(a))
+        }
+        None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+    };
+    let mut own = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let port = if config.shard_port_base == 0 { 0 } else { config.shard_port_base + i as u16 };
+        own.push(listener(SocketAddr::new(config.bind, port), false)?);
+    }
+    let shard_addrs: Vec<SocketAddr> = own.iter().map(|l| l.local_addr().expect("bound")).collect();
+
+    let ring = local_ring(native_addr, shards)?;
+    let member_shard = ring.members().iter().map(|m| m.id.shard as usize).collect();
+    let mut inboxes = Vec::new();
+    let mut mailboxes = Vec::new();
+    for _ in 0..shards {
+        let (tx, rx) = crossbeam::channel::unbounded::<Envelope>();
+        mailboxes.push(Mailbox { tx, wake: Arc::new(tokio::sync::Notify::new()) });
+        inboxes.push(rx);
+    }
+    let shared = Arc::new(Shared {
+        ring,
+        member_shard,
+        mailboxes,
+        counters: (0..shards).map(|_| ShardCounters::default()).collect(),
+        limits: config.limits.clone(),
+        requirepass: config.requirepass.clone(),
+        fsync: config.store.fsync,
+        shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
+        started: Instant::now(),
+        shutdown: watch::Sender::new(false),
+        open_connections: Default::default(),
+        tcp_port: native_addr.port(),
+        resp_port: resp_addr.map(|a| a.port()),
+    });
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, ServerError>>();
+    let mut threads = Vec::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for ((((id, inbox), native), resp), own) in inboxes.into_iter().enumerate().zip(native).zip(resp).zip(own) {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let dir = config.data_dir.join(format!("shard-{id}"));
+        let store_config = config.store.clone();
+        let pin = config.pin_cores.then_some(id % cpus);
+        let grace = config.shutdown_grace;
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(cpu) = pin {
+                    pin_to_cpu(cpu);
+                }
+                let store = match Store::open(&dir, store_config) {
+                    Ok((store, report)) => {
+                        tracing::info!(
+                            shard = id,
+                            keys = store.len(),
+                            hint = report.hint_used,
+                            ms = report.duration.as_millis() as u64,
+                            "store opened"
+                        );
+                        store
+                    }
+                    Err(source) => {
+                        let _ = ready.send(Err(ServerError::Store { shard: id, source }));
+                        return Ok(());
+                    }
+                };
+                run_shard(id, shared, store, inbox, native, resp, own, ready, grace)
+            })
+            .map_err(|e| ServerError::Config(format!("spawn shard thread: {e}")))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                shared.shutdown.send_replace(true);
+                return Err(e);
+            }
+            Err(_) => return Err(ServerError::ThreadDied(0)),
+        }
+    }
+    tracing::info!(%native_addr, ?resp_addr, shards, "ringkv serving");
+    Ok(ServerHandle { native_addr, resp_addr, shard_addrs, shared, threads })
+}
+
+/// The ring of this node's shards (one node, `shards` members).
+fn local_ring(addr: SocketAddr, shards: usize) -> Result<Ring, ServerError> {
+    let node = NodeId::new("local").map_err(|e| ServerError::Config(e.to_string()))?;
+    let description = RingDescription::init(&InitConfig {
+        nodes: vec![(node, addr.to_string())],
+        shards_per_node: shards as u32,
+        ..InitConfig::default()
+    })
+    .map_err(|e| ServerError::Config(e.to_string()))?;
+    Ring::new(description).map_err(|e| ServerError::Config(e.to_string()))
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "could not pin shard thread");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    store: Store,
+    inbox: crossbeam::channel::Receiver<Envelope>,
+    native: std::net::TcpListener,
+    resp: Option<std::net::TcpListener>,
+    own: std::net::TcpListener,
+    ready: std::sync::mpsc::Sender<Result<usize, ServerError>>,
+    grace: Duration,
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Config(format!("runtime: {e}")))?;
+    let local = tokio::task::LocalSet::new();
+    let shard = Rc::new(Shard::new(id, shared.clone(), store));
+    local.block_on(&runtime, async {
+        let to_tokio = |l: std::net::TcpListener| TcpListener::from_std(l).expect("listener registers");
+        tokio::task::spawn_local(shard.clone().sync_loop());
+        tokio::task::spawn_local(shard.clone().inbox_loop(inbox));
+        tokio::task::spawn_local(shard.clone().maintenance_loop());
+        let mut acceptors = vec![
+            tokio::task::spawn_local(accept_loop(shard.clone(), to_tokio(native), Kind::Native)),
+            tokio::task::spawn_local(accept_loop(shard.clone(), to_tokio(own), Kind::Native)),
+        ];
+        if let Some(resp) = resp {
+            acceptors.push(tokio::task::spawn_local(accept_loop(shard.clone(), to_tokio(resp), Kind::Resp)));
+        }
+        let _ = ready.send(Ok(id));
+        drop(ready);
+        let mut shutdown = shared.shutdown.subscribe();
+        let _ = shutdown.wait_for(|&s| s).await;
+        for a in acceptors {
+            a.abort();
+        }
+        // Finish in-flight requests: wait until connections on every shard
+        // are gone (they may still need this shard's inbox), bounded.
+        let deadline = tokio::time::Instant::now() + grace;
+        while shared.open_connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let store = shard.store.borrow_mut().take();
+    if let Some(store) = store {
+        let policy = store.config().fsync;
+        match store.close() {
+            Ok(()) => tracing::info!(shard = id, ?policy, "store closed cleanly"),
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "closing the store failed");
+                return Err(ServerError::Store { shard: id, source: e });
+            }
+        }
+    }
+    let _ = FsyncPolicy::Never;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Native,
+    Resp,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Kind) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.shared.limits.connections_per_shard_max {
+            tracing::warn!(%peer, limit = shard.shared.limits.connections_per_shard_max, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        }
+        let shared = &shard.shared;
+        shared.open_connections.fetch_add(1, Ordering::AcqRel);
+        shard.connections.set(shard.connections.get() + 1);
+        shard.counters().connections.fetch_add(1, Ordering::Relaxed);
+        let conn_id = shard.counters().connections_total.fetch_add(1, Ordering::Relaxed) * 1024 + shard.id as u64;
+        let shard = shard.clone();
+        tokio::task::spawn_local(async move {
+            match kind {
+                Kind::Native => crate::conn::serve(shard.clone(), stream, Native::default()).await,
+                Kind::Resp => crate::conn::serve(shard.clone(), stream, Resp::new(conn_id)).await,
+            }
+            shard.connections.set(shard.connections.get() - 1);
+            shard.counters().connections.fetch_sub(1, Ordering::Relaxed);
+            shard.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

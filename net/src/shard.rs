@@ -1,0 +1,241 @@
+//! A shard: one thread, one core, one store, its own connections.
+//!
+//! **Architecture Invariant:** a store is touched only by its shard's
+//! thread. Other shards reach it by sending an [`Envelope`] through its
+//! lock-free inbox (crossbeam) and waking it; the shard drains the inbox
+//! once per wake-up, executes the batch, syncs once if the batch wrote and
+//! the policy is `always`, then answers every envelope.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam::channel::{Receiver, Sender};
+use engine::{FsyncPolicy, Store};
+use router::Ring;
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::limits::Limits;
+use crate::op::{self, KeyOp, OpResult, ShardOp};
+
+/// Work sent to another shard.
+#[derive(Debug)]
+pub enum Work {
+    Keys(Vec<KeyOp>),
+    Shard(ShardOp),
+}
+
+/// A request from another shard and where its answer goes.
+#[derive(Debug)]
+pub struct Envelope {
+    pub work: Work,
+    pub reply: oneshot::Sender<Vec<OpResult>>,
+}
+
+/// The sending side of a shard's inbox, shared with every other shard.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub tx: Sender<Envelope>,
+    pub wake: Arc<Notify>,
+}
+
+impl Mailbox {
+    pub fn send(&self, work: Work) -> oneshot::Receiver<Vec<OpResult>> {
+        let (reply, rx) = oneshot::channel();
+        // The receiver lives as long as the server; if it is gone the
+        // dropped reply sender tells the waiting connection.
+        let _ = self.tx.send(Envelope { work, reply });
+        self.wake.notify_one();
+        rx
+    }
+}
+
+/// Counters every shard writes for itself and anyone may read. Padded to a
+/// cache line so shards never share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardCounters {
+    pub commands: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub cross_shard_hops: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// What all shards of a server share (read-only after start, or atomics).
+#[derive(Debug)]
+pub struct Shared {
+    pub ring: Ring,
+    /// Shard index of each ring member (members are this node's shards).
+    pub member_shard: Vec<usize>,
+    pub mailboxes: Vec<Mailbox>,
+    pub counters: Vec<ShardCounters>,
+    pub limits: Limits,
+    pub requirepass: Option<String>,
+    pub fsync: FsyncPolicy,
+    /// Ports of the shard-aware listeners, by shard.
+    pub shard_ports: Vec<u16>,
+    pub started: std::time::Instant,
+    /// Becomes true when the server starts shutting down.
+    pub shutdown: watch::Sender<bool>,
+    /// Connections open on any shard; shards close stores at zero.
+    pub open_connections: AtomicUsize,
+    pub tcp_port: u16,
+    pub resp_port: Option<u16>,
+}
+
+impl Shared {
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        self.member_shard[self.ring.owner_of_key(key).get()]
+    }
+
+    pub fn total_commands(&self) -> u64 {
+        self.counters.iter().map(|c| c.commands.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One shard's state, owned by its thread.
+#[derive(Debug)]
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub store: RefCell<Option<Store>>,
+    /// Writes applied so far (a sequence number per batch).
+    write_seq: Cell<u64>,
+    /// Highest write sequence known durable; `u64::MAX` never.
+    synced: watch::Sender<u64>,
+    dirty: Notify,
+    /// A failed sync: nothing more is acknowledged.
+    pub failed: Cell<bool>,
+    /// Live connections on this shard.
+    pub connections: Cell<usize>,
+    pub connections_done: Notify,
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>, store: Store) -> Shard {
+        Shard {
+            id,
+            shared,
+            store: RefCell::new(Some(store)),
+            write_seq: Cell::new(0),
+            synced: watch::Sender::new(0),
+            dirty: Notify::new(),
+            failed: Cell::new(false),
+            connections: Cell::new(0),
+            connections_done: Notify::new(),
+        }
+    }
+
+    pub fn counters(&self) -> &ShardCounters {
+        &self.shared.counters[self.id]
+    }
+
+    /// Runs `f` on the store. Panics only if called after shutdown closed
+    /// the store, which no connection outlives.
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        let mut store = self.store.borrow_mut();
+        f(store.as_mut().expect("store is open while connections run"))
+    }
+
+    pub fn execute(&self, op: &KeyOp) -> OpResult {
+        self.with_store(|s| op::execute(s, op))
+    }
+
+    /// Waits until every write applied so far on this shard is durable.
+    /// Many connections waiting at once share one sync: group commit.
+    /// Returns false when the sync failed (the writes are not acknowledged).
+    pub async fn durable(&self) -> bool {
+        if self.shared.fsync != FsyncPolicy::Always {
+            return true;
+        }
+        let mine = self.write_seq.get() + 1;
+        self.write_seq.set(mine);
+        self.dirty.notify_one();
+        let mut rx = self.synced.subscribe();
+        let durable = match rx.wait_for(|&s| s >= mine).await {
+            Ok(seen) => *seen != u64::MAX,
+            Err(_) => false,
+        };
+        durable
+    }
+
+    /// The group-commit loop: one sync for all the writes gathered while
+    /// the previous sync ran or during this loop turn.
+    pub async fn sync_loop(self: Rc<Self>) {
+        loop {
+            self.dirty.notified().await;
+            // Let the other connections of this turn add their writes.
+            tokio::task::yield_now().await;
+            let target = self.write_seq.get();
+            let ok = self.with_store(|s| s.sync()).is_ok();
+            if !ok {
+                self.failed.set(true);
+                self.synced.send_replace(u64::MAX);
+                return;
+            }
+            self.synced.send_replace(target);
+        }
+    }
+
+    /// Serves other shards' envelopes.
+    pub async fn inbox_loop(self: Rc<Self>, rx: Receiver<Envelope>) {
+        let wake = self.shared.mailboxes[self.id].wake.clone();
+        let mut batch: Vec<(Vec<OpResult>, oneshot::Sender<Vec<OpResult>>)> = Vec::new();
+        loop {
+            wake.notified().await;
+            let mut wrote = false;
+            // Bounded per turn so that this shard's own connections run too.
+            for envelope in rx.try_iter().take(4096) {
+                let results = match &envelope.work {
+                    Work::Keys(ops) => {
+                        wrote |= ops.iter().any(KeyOp::is_write);
+                        self.with_store(|s| ops.iter().map(|o| op::execute(s, o)).collect())
+                    }
+                    Work::Shard(sop) => {
+                        wrote |= *sop == ShardOp::FlushAll;
+                        vec![self.with_store(|s| op::execute_shard(s, *sop))]
+                    }
+                };
+                batch.push((results, envelope.reply));
+            }
+            if !rx.is_empty() {
+                wake.notify_one();
+            }
+            if wrote && !self.durable().await {
+                batch.clear();
+                continue;
+            }
+            for (results, reply) in batch.drain(..) {
+                let _ = reply.send(results);
+            }
+        }
+    }
+
+    /// Periodic store work: the `everysec` sync, compaction steps, index
+    /// growth.
+    pub async fn maintenance_loop(self: Rc<Self>) {
+        let mut interval = tokio::time::interval(std::time::Duration::from_millis(10));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            // Bounded: at most 16 compaction steps before yielding to the
+            // interval again.
+            for _ in 0..16 {
+                let more = self.with_store(|s| match s.tick() {
+                    Ok(more) => more,
+                    Err(err) => {
+                        tracing::error!(shard = self.id, error = %err, "store maintenance failed");
+                        false
+                    }
+                });
+                if !more {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `ringkv serve`: runs a node until SIGINT or SIGTERM, then shuts down
+//! cleanly (in-flight requests finished, stores synced, index checkpoints
+//! written) and exits 0.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use engine::FsyncPolicy;
+use net::server::{PORT_DEFAULT, RESP_PORT_DEFAULT};
+use net::{Limits, ServerConfig};
+
+/// Arguments of `ringkv serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Directory for the shards' segment files (one subdirectory a shard).
+    #[arg(long, default_value = "ringkv-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Native protocol port, shared by all shards (0: any free port).
+    #[arg(long, default_value_t = PORT_DEFAULT)]
+    port: u16,
+    /// RESP port, shared by all shards (0: any free port; `off`: none).
+    #[arg(long, default_value_t = RESP_PORT_DEFAULT.to_string())]
+    resp_port: String,
+    /// First shard-aware native port: shard i listens on it plus i
+    /// (0: any free ports). Defaults to --port + 1.
+    #[arg(long)]
+    shard_port_base: Option<u16>,
+    /// Number of shards (threads); default one per core.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// When writes reach the disk: `always` acknowledges a write only once
+    /// it is durable (group commit), `everysec` loses at most about a
+    /// second, `never` leaves it to the OS.
+    #[arg(long, value_enum, default_value_t = Fsync::Everysec)]
+    fsync: Fsync,
+    /// Password clients must give (AUTH) before anything but PING.
+    #[arg(long, env = "RINGKV_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Segment file size, in MiB (a power of two).
+    #[arg(long, default_value_t = 64)]
+    segment_mb: u64,
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = net::limits::VALUE_DEFAULT_MAX_BYTES)]
+    max_value_bytes: usize,
+    /// Largest request frame, in bytes.
+    #[arg(long, default_value_t = net::limits::FRAME_DEFAULT_MAX_BYTES)]
+    max_frame_bytes: usize,
+    /// Open connections per shard.
+    #[arg(long, default_value_t = net::limits::CONNECTIONS_PER_SHARD_DEFAULT_MAX)]
+    max_connections: usize,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Fsync {
+    Always,
+    Everysec,
+    Never,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let resp_port = match args.resp_port.as_str() {
+        "off" => None,
+        p => match p.parse::<u16>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                eprintln!("ringkv serve: --resp-port must be a port number or `off`, not {p:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let defaults = ServerConfig::default();
+    let config = ServerConfig {
+        bind: args.bind,
+        port: args.port,
+        resp_port,
+        shard_port_base: args.shard_port_base.unwrap_or(if args.port == 0 { 0 } else { args.port.saturating_add(1) }),
+        shards: args.shards.unwrap_or(defaults.shards),
+        data_dir: args.data_dir,
+        store: engine::Config {
+            segment_size_bytes: args.segment_mb << 20,
+            fsync: match args.fsync {
+                Fsync::Always => FsyncPolicy::Always,
+                Fsync::Everysec => FsyncPolicy::EverySec,
+                Fsync::Never => FsyncPolicy::Never,
+            },
+            value_len_max_bytes: args.max_value_bytes,
+            ..engine::Config::default()
+        },
+        limits: Limits {
+            value_max_bytes: args.max_value_bytes,
+            frame_max_bytes: args.max_frame_bytes,
+            connections_per_shard_max: args.max_connections,
+            ..Limits::default()
+        },
+        requirepass: args.requirepass,
+        pin_cores: !args.no_pin,
+        ..defaults
+    };
+    let handle = match net::start(config) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ringkv serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One machine-readable line on stdout, so scripts and tests learn the
+    // ports (useful with port 0) once the server answers.
+    let resp = handle.resp_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    let shards: Vec<String> = handle.shard_addrs.iter().map(ToString::to_string).collect();
+    println!("ready native={} resp={} shards={}", handle.native_addr, resp, shards.join(","));
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal();
+    tracing::info!("shutting down");
+    handle.shutdown();
+    match handle.join() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringkv serve: shutdown: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wait_for_signal() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("signal runtime");
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
+}
