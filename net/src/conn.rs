@@ -71,9 +71,22 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         if *shutdown.borrow_and_update() {
             break;
         }
+        // Idle connections may wait forever; one holding half a request
+        // may not.
+        let partial_deadline = (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
+        let stalled = async {
+            match partial_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
             r = stream.read_buf(&mut inbuf) => r,
             _ = shutdown.changed() => break,
+            () = stalled => {
+                tracing::info!(?peer, buffered = inbuf.len(), "client stalled in the middle of a request; closing");
+                break;
+            }
         };
         match read {
             Ok(0) => break,

@@ -17,6 +17,9 @@ pub struct Limits {
     /// Requests parsed from one read before replies are written: bounds the
     /// memory a deep pipeline can pin.
     pub pipeline_batch_max: usize,
+    /// How long a connection may hold half a request: a client that stalls
+    /// mid-frame is closed after this, so it cannot pin a buffer forever.
+    pub partial_request_timeout: std::time::Duration,
 }
 
 pub const FRAME_DEFAULT_MAX_BYTES: usize = 64 << 20;
@@ -25,6 +28,7 @@ pub const VALUE_DEFAULT_MAX_BYTES: usize = engine::VALUE_LEN_DEFAULT_MAX_BYTES;
 pub const ARGS_DEFAULT_MAX: usize = 1 << 20;
 pub const CONNECTIONS_PER_SHARD_DEFAULT_MAX: usize = 10_000;
 pub const PIPELINE_BATCH_DEFAULT_MAX: usize = 1024;
+pub const PARTIAL_REQUEST_DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -35,6 +39,7 @@ impl Default for Limits {
             args_max: ARGS_DEFAULT_MAX,
             connections_per_shard_max: CONNECTIONS_PER_SHARD_DEFAULT_MAX,
             pipeline_batch_max: PIPELINE_BATCH_DEFAULT_MAX,
+            partial_request_timeout: PARTIAL_REQUEST_DEFAULT_TIMEOUT,
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Open connections per shard.
     #[arg(long, default_value_t = net::limits::CONNECTIONS_PER_SHARD_DEFAULT_MAX)]
     max_connections: usize,
+    /// Close a connection that holds half a request this long, in ms.
+    #[arg(long, default_value_t = net::limits::PARTIAL_REQUEST_DEFAULT_TIMEOUT.as_millis() as u64)]
+    partial_request_timeout_ms: u64,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -98,6 +101,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             value_max_bytes: args.max_value_bytes,
             frame_max_bytes: args.max_frame_bytes,
             connections_per_shard_max: args.max_connections,
+            partial_request_timeout: std::time::Duration::from_millis(args.partial_request_timeout_ms),
             ..Limits::default()
         },
         requirepass: args.requirepass,
