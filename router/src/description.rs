@@ -543,10 +543,12 @@ impl RingDescription {
             path: path.to_owned(),
             message: e.message().to_owned() + &location(text, e.span()),
         })?;
-        description.validate().map_err(|source| FileError::Invalid {
-            path: path.to_owned(),
-            source,
-        })?;
+        description
+            .validate()
+            .map_err(|source| FileError::Invalid {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(description)
     }
 

@@ -30,7 +30,9 @@ pub enum IdError {
     },
     /// A node id may only hold ASCII letters, digits, `-`, `_` and `.`, so
     /// that `/` can separate it from a shard index and `=` from an address.
-    #[error("node id {id:?} holds {ch:?}; only ASCII letters, digits, '-', '_' and '.' are allowed")]
+    #[error(
+        "node id {id:?} holds {ch:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+    )]
     NodeIdInvalidChar {
         /// The offending id.
         id: String,
@@ -141,9 +143,7 @@ impl fmt::Display for MemberId {
 impl FromStr for MemberId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let malformed = || IdError::MalformedMemberId {
-            text: s.to_owned(),
-        };
+        let malformed = || IdError::MalformedMemberId { text: s.to_owned() };
         let (node, shard) = s.rsplit_once('/').ok_or_else(malformed)?;
         let shard = shard.parse::<u32>().map_err(|_| malformed())?;
         Ok(Self::new(NodeId::new(node)?, shard))

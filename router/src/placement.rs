@@ -458,8 +458,9 @@ fn balance(ring: &mut BTreeMap<u64, usize>, weights: &[u32], tokens_per_weight: 
         own[ring[&token]] += arc_len(ring, token);
     }
     let excess = |own: &[u128], m: usize| own[m] as i128 - fair[m] as i128;
-    let must_give =
-        |own: &[u128], m: usize| (weights[m] == 0 && own[m] > 0) || excess(own, m) > BALANCE_TOLERANCE_POINTS as i128;
+    let must_give = |own: &[u128], m: usize| {
+        (weights[m] == 0 && own[m] > 0) || excess(own, m) > BALANCE_TOLERANCE_POINTS as i128
+    };
 
     // Phase 1: hand whole arcs to a neighbour that is short, merging the two
     // tokens into one. This is what removal mostly does.

@@ -336,9 +336,11 @@ impl Ring {
     /// Who owns what, as a canonical list of maximal ranges: two rings with
     /// the same ownership have equal `Ownership` whatever their tokens.
     pub fn ownership(&self) -> Ownership {
-        let ends = self.tokens.iter().zip(self.owners.iter()).map(|(&token, &owner)| {
-            (token, self.members[owner as usize].id.clone())
-        });
+        let ends = self
+            .tokens
+            .iter()
+            .zip(self.owners.iter())
+            .map(|(&token, &owner)| (token, self.members[owner as usize].id.clone()));
         Ownership::from_arc_ends(ends.collect())
     }
 

@@ -45,7 +45,10 @@ fn an_older_epoch_is_refused_as_a_successor() {
     let error = stale
         .check_successor_of(&current)
         .expect_err("a lower epoch must be refused");
-    assert_eq!(error.to_string(), "epoch 0 is lower than the current epoch 1");
+    assert_eq!(
+        error.to_string(),
+        "epoch 0 is lower than the current epoch 1"
+    );
 
     let mut reused = current.clone();
     reused.shards[0].weight = 2;

@@ -92,7 +92,10 @@ fn run(name: &str, lines: &[(usize, &str)]) {
 
 fn check(state: &State, what: &str, rest: &[&str], context: &str) {
     let ring = state.ring.as_ref().expect("init comes first");
-    let number = |s: &str| -> f64 { s.parse().unwrap_or_else(|_| panic!("{context}: bad number")) };
+    let number = |s: &str| -> f64 {
+        s.parse()
+            .unwrap_or_else(|_| panic!("{context}: bad number"))
+    };
     let compare = |actual: f64| match rest {
         ["<=", limit] => assert!(actual <= number(limit), "{context}: got {actual}"),
         ["~", expected] => assert!(
@@ -116,7 +119,9 @@ fn check(state: &State, what: &str, rest: &[&str], context: &str) {
         "moves_to" | "moves_from" => {
             let plan = last_plan();
             assert!(!plan.moves.is_empty(), "{context}: nothing moved");
-            let [id] = rest else { panic!("{context}: expected a node") };
+            let [id] = rest else {
+                panic!("{context}: expected a node")
+            };
             for m in &plan.moves {
                 let end = if what == "moves_to" { &m.to } else { &m.from };
                 assert_eq!(end.node.as_str(), *id, "{context}: move {m:?}");

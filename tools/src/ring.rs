@@ -11,9 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use router::{
-    plan, BalanceReport, InitConfig, MemberId, NodeId, Placement, Ring, RingDescription,
-};
+use router::{plan, BalanceReport, InitConfig, MemberId, NodeId, Placement, Ring, RingDescription};
 use serde::Serialize;
 
 /// Arguments of `ringkv ring`.
@@ -155,9 +153,9 @@ pub fn run(args: RingArgs) -> ExitCode {
             ring.add_node(id, address, args.shards, args.weight)
         }),
         RingCommand::Remove(args) => edit(&args.file, |ring| ring.remove_node(&args.node)),
-        RingCommand::Weight(args) => {
-            edit(&args.file, |ring| ring.set_weight(&args.member, args.weight))
-        }
+        RingCommand::Weight(args) => edit(&args.file, |ring| {
+            ring.set_weight(&args.member, args.weight)
+        }),
         RingCommand::Show(args) => show(&args),
         RingCommand::Plan(args) => plan_command(&args),
     };
@@ -213,6 +211,11 @@ fn edit(
         .map_err(|e| e.to_string())?;
     let new = Ring::new(next.clone()).map_err(|e| e.to_string())?;
     let moved = plan(&old, &new).moved_fraction;
+    // Another operator may have changed the file meanwhile; writing over
+    // their change would lose it, so re-read and refuse instead.
+    let on_disk = RingDescription::load(file).map_err(|e| e.to_string())?;
+    next.check_successor_of(&on_disk)
+        .map_err(|e| format!("{} changed while it was being edited: {e}", file.display()))?;
     next.save(file).map_err(|e| e.to_string())?;
     Ok(format!(
         "wrote {} at epoch {}: {} members, {:.4}% of the hash space moves, max/mean {:.6}\n",
@@ -301,7 +304,9 @@ fn show_table(ring: &Ring, report: &BalanceReport) -> String {
         ring.nodes().len(),
         ring.token_count()
     );
-    let mut header = vec!["member", "address", "weight", "tokens", "share", "fair", "ratio"];
+    let mut header = vec![
+        "member", "address", "weight", "tokens", "share", "fair", "ratio",
+    ];
     if report.keys.is_some() {
         header.push("keys");
     }
@@ -353,9 +358,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let numeric: Vec<bool> = (0..header.len())
         .map(|column| {
             rows.iter().all(|row| {
-                row.get(column).is_some_and(|cell| {
-                    cell.trim_end_matches('%').parse::<f64>().is_ok()
-                })
+                row.get(column)
+                    .is_some_and(|cell| cell.trim_end_matches('%').parse::<f64>().is_ok())
             }) && !rows.is_empty()
         })
         .collect();
