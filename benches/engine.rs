@@ -23,14 +23,11 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
-};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use engine::{FsyncPolicy, SetOptions, Store};
 use ringkv_benches::{
-    bench_config, copy_dir_files, disk_parent, drain_ticks, fill_value, key, keys_from_env,
-    populate, query_keys, scratch_parent, ScratchDir, SplitMix64, BATCH_OPS, KEY_LEN_BYTES,
-    VALUE_LARGE_BYTES, VALUE_SMALL_BYTES,
+    bench_config, copy_dir_files, disk_parent, drain_ticks, fill_value, key, keys_from_env, populate, query_keys,
+    scratch_parent, ScratchDir, SplitMix64, BATCH_OPS, KEY_LEN_BYTES, VALUE_LARGE_BYTES, VALUE_SMALL_BYTES,
 };
 
 /// Queries drawn once and cycled through, 1000 per iteration. 64 Ki keys
@@ -43,10 +40,7 @@ const QUERY_POOL_KEYS: usize = 1 << 16;
 const TICKS_PER_BATCH_MAX: usize = 64;
 
 fn ticks_per_batch() -> usize {
-    std::env::var("RINGKV_BENCH_SET_TICKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(TICKS_PER_BATCH_MAX)
+    std::env::var("RINGKV_BENCH_SET_TICKS").ok().and_then(|v| v.parse().ok()).unwrap_or(TICKS_PER_BATCH_MAX)
 }
 
 type Key = [u8; KEY_LEN_BYTES];
@@ -74,8 +68,7 @@ fn get_and_set(c: &mut Criterion) {
     let keys = keys_from_env();
     for value_len in [VALUE_SMALL_BYTES, VALUE_LARGE_BYTES] {
         let dir = ScratchDir::new_in(&scratch_parent(), "getset").expect("scratch dir");
-        let (mut store, _) =
-            Store::open(dir.path(), bench_config(FsyncPolicy::Never)).expect("open");
+        let (mut store, _) = Store::open(dir.path(), bench_config(FsyncPolicy::Never)).expect("open");
         populate(&mut store, keys, value_len);
         settle(&mut store, keys);
         let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
@@ -166,27 +159,20 @@ fn durable_writes(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine/durable_always");
     for batch in [1u64, 8, 64] {
         let dir = ScratchDir::new_in(&disk_parent(), "durable").expect("scratch dir");
-        let (mut store, _) =
-            Store::open(dir.path(), bench_config(FsyncPolicy::Always)).expect("open");
+        let (mut store, _) = Store::open(dir.path(), bench_config(FsyncPolicy::Always)).expect("open");
         let mut rng = SplitMix64::new(batch);
         let mut value = vec![0x5au8; VALUE_SMALL_BYTES];
         group.throughput(Throughput::Elements(batch));
-        group.bench_with_input(
-            BenchmarkId::new("set_then_sync", batch),
-            &batch,
-            |b, &batch| {
-                b.iter(|| {
-                    for _ in 0..batch {
-                        let n = rng.next_u64();
-                        fill_value(&mut value, n);
-                        store
-                            .set(&key(n % keys.max(1)), &value, SetOptions::default())
-                            .expect("set");
-                    }
-                    store.sync().expect("sync");
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("set_then_sync", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                for _ in 0..batch {
+                    let n = rng.next_u64();
+                    fill_value(&mut value, n);
+                    store.set(&key(n % keys.max(1)), &value, SetOptions::default()).expect("set");
+                }
+                store.sync().expect("sync");
+            })
+        });
         drop(store);
     }
     group.finish();
@@ -200,9 +186,7 @@ fn restore(image: &Path) -> ScratchDir {
     copy_dir_files(image, work.path()).expect("copy crash image");
     for entry in std::fs::read_dir(work.path()).expect("list copy") {
         let path = entry.expect("entry").path();
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .expect("sync copy");
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).expect("sync copy");
     }
     work
 }
@@ -253,11 +237,7 @@ fn recovery(c: &mut Criterion) {
                 let started = Instant::now();
                 let (store, report) = Store::open(work.path(), config.clone()).expect("reopen");
                 total += started.elapsed();
-                assert!(
-                    report.hint_used,
-                    "clean restart used the hint: {:?}",
-                    report.hint_rejected
-                );
+                assert!(report.hint_used, "clean restart used the hint: {:?}", report.hint_rejected);
                 black_box(store);
             }
             total

@@ -36,10 +36,7 @@ pub fn short_mode() -> bool {
 /// Keys to pre-populate: `RINGKV_BENCH_KEYS` if set, else 10 000 in short
 /// mode and 1 000 000 otherwise.
 pub fn keys_from_env() -> u64 {
-    if let Some(n) = std::env::var("RINGKV_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = std::env::var("RINGKV_BENCH_KEYS").ok().and_then(|v| v.parse().ok()) {
         return n;
     }
     if short_mode() {
@@ -109,11 +106,7 @@ pub fn fill_value(buf: &mut [u8], tag: u64) {
 
 /// The configuration every bench uses.
 pub fn bench_config(fsync: FsyncPolicy) -> Config {
-    Config {
-        segment_size_bytes: SEGMENT_SIZE_BYTES,
-        fsync,
-        ..Default::default()
-    }
+    Config { segment_size_bytes: SEGMENT_SIZE_BYTES, fsync, ..Default::default() }
 }
 
 /// Writes `key(0..keys)` with `value_len`-byte values.
@@ -121,9 +114,7 @@ pub fn populate(store: &mut Store, keys: u64, value_len: usize) {
     let mut value = vec![0xa5u8; value_len];
     for i in 0..keys {
         fill_value(&mut value, i);
-        store
-            .set(&key(i), &value, SetOptions::default())
-            .expect("populate");
+        store.set(&key(i), &value, SetOptions::default()).expect("populate");
     }
 }
 
@@ -184,10 +175,7 @@ pub fn disk_parent() -> PathBuf {
     match std::env::var_os("RINGKV_BENCH_DISK_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            eprintln!(
-                "RINGKV_BENCH_DISK_DIR is not set; durable writes go to {}",
-                scratch_parent().display()
-            );
+            eprintln!("RINGKV_BENCH_DISK_DIR is not set; durable writes go to {}", scratch_parent().display());
             scratch_parent()
         }
     }

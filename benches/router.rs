@@ -20,9 +20,7 @@ fn node(i: usize) -> NodeId {
 
 fn ring(members: usize, tokens: u32, placement: Placement) -> Ring {
     let config = InitConfig {
-        nodes: (1..=members)
-            .map(|i| (node(i), format!("127.0.0.1:{}", 7000 + i)))
-            .collect(),
+        nodes: (1..=members).map(|i| (node(i), format!("127.0.0.1:{}", 7000 + i))).collect(),
         shards_per_node: 1,
         tokens_per_weight: tokens,
         placement,
@@ -31,10 +29,7 @@ fn ring(members: usize, tokens: u32, placement: Placement) -> Ring {
 }
 
 fn join(ring: &Ring, id: usize) -> Ring {
-    let description = ring
-        .description()
-        .add_node(node(id), "127.0.0.1:1".into(), None, 1)
-        .expect("join");
+    let description = ring.description().add_node(node(id), "127.0.0.1:1".into(), None, 1).expect("join");
     Ring::new(description).expect("valid")
 }
 
@@ -66,10 +61,7 @@ fn name(placement: Placement) -> &'static str {
 /// so they are printed with the timings rather than hidden in a test.
 fn print_figures() {
     eprintln!("== max/mean ownership (1.0 is perfect) ==");
-    eprintln!(
-        "{:>8} {:>7} {:>12} {:>12} {:>16}",
-        "members", "tokens", "balanced", "ketama", "balanced (keys)"
-    );
+    eprintln!("{:>8} {:>7} {:>12} {:>12} {:>16}", "members", "tokens", "balanced", "ketama", "balanced (keys)");
     for members in [3, 10, 100] {
         for tokens in [16, 64, 256] {
             let balanced = ring(members, tokens, Placement::Balanced);
@@ -78,11 +70,7 @@ fn print_figures() {
                 "{members:>8} {tokens:>7} {:>12.6} {:>12.6} {:>16.6}",
                 balanced.balance().max_over_mean,
                 ketama.balance().max_over_mean,
-                balanced
-                    .balance_with_keys(1_000_000)
-                    .keys
-                    .expect("sampled")
-                    .max_over_mean,
+                balanced.balance_with_keys(1_000_000).keys.expect("sampled").max_over_mean,
             );
         }
     }
@@ -121,18 +109,11 @@ fn print_figures() {
                     current = join(&current, 1000 + step);
                     worst = worst.max(current.balance().max_over_mean);
                     // A spread of old and new nodes, deterministically.
-                    let victim = current.nodes()[(step * 7919) % current.nodes().len()]
-                        .id
-                        .clone();
+                    let victim = current.nodes()[(step * 7919) % current.nodes().len()].id.clone();
                     current = remove(&current, &victim);
                     worst = worst.max(current.balance().max_over_mean);
                 }
-                let most_tokens = current
-                    .members()
-                    .iter()
-                    .map(|m| m.tokens)
-                    .max()
-                    .unwrap_or(0);
+                let most_tokens = current.members().iter().map(|m| m.tokens).max().unwrap_or(0);
                 eprintln!(
                     "{members:>4} members x {tokens:>3} tokens, {:>8}: worst max/mean {worst:.6}, most tokens on a member {most_tokens}",
                     name(placement)
@@ -143,9 +124,7 @@ fn print_figures() {
 }
 
 fn lookups(c: &mut Criterion) {
-    let hashes: Vec<u64> = (0..LOOKUP_BATCH as u64)
-        .map(|i| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()))
-        .collect();
+    let hashes: Vec<u64> = (0..LOOKUP_BATCH as u64).map(|i| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())).collect();
     let mut group = c.benchmark_group("router_lookup");
     group.throughput(Throughput::Elements(LOOKUP_BATCH as u64));
     for members in [3_usize, 10, 100] {
@@ -160,60 +139,44 @@ fn lookups(c: &mut Criterion) {
                 sum
             })
         });
-        group.bench_with_input(
-            BenchmarkId::new("binary_search", members),
-            &balanced,
-            |b, ring| {
-                b.iter(|| {
-                    let mut sum = 0_u64;
-                    for &hash in &hashes {
-                        sum += u64::from(ring.owner_by_binary_search(black_box(hash)).0);
-                    }
-                    sum
-                })
-            },
-        );
-        group.bench_with_input(
-            BenchmarkId::new("table_ketama", members),
-            &ketama,
-            |b, ring| {
-                b.iter(|| {
-                    let mut sum = 0_u64;
-                    for &hash in &hashes {
-                        sum += u64::from(ring.owner(black_box(hash)).0);
-                    }
-                    sum
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("binary_search", members), &balanced, |b, ring| {
+            b.iter(|| {
+                let mut sum = 0_u64;
+                for &hash in &hashes {
+                    sum += u64::from(ring.owner_by_binary_search(black_box(hash)).0);
+                }
+                sum
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("table_ketama", members), &ketama, |b, ring| {
+            b.iter(|| {
+                let mut sum = 0_u64;
+                for &hash in &hashes {
+                    sum += u64::from(ring.owner(black_box(hash)).0);
+                }
+                sum
+            })
+        });
         // Each hash depends on the previous answer, so lookups cannot
         // overlap: this is latency, where the loops above measure throughput.
-        group.bench_with_input(
-            BenchmarkId::new("table_dependent", members),
-            &balanced,
-            |b, ring| {
-                b.iter(|| {
-                    let mut owner = 0_u32;
-                    for &hash in &hashes {
-                        owner = ring.owner(black_box(hash ^ u64::from(owner))).0;
-                    }
-                    owner
-                })
-            },
-        );
-        group.bench_with_input(
-            BenchmarkId::new("jump", members),
-            &members,
-            |b, &members| {
-                b.iter(|| {
-                    let mut sum = 0_i64;
-                    for &hash in &hashes {
-                        sum += jump_consistent_hash(black_box(hash), members as i64);
-                    }
-                    sum
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("table_dependent", members), &balanced, |b, ring| {
+            b.iter(|| {
+                let mut owner = 0_u32;
+                for &hash in &hashes {
+                    owner = ring.owner(black_box(hash ^ u64::from(owner))).0;
+                }
+                owner
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("jump", members), &members, |b, &members| {
+            b.iter(|| {
+                let mut sum = 0_i64;
+                for &hash in &hashes {
+                    sum += jump_consistent_hash(black_box(hash), members as i64);
+                }
+                sum
+            })
+        });
     }
     group.finish();
 }

@@ -67,12 +67,14 @@ fn pipelines_from_1_to_1024_deep_answer_in_order() {
         let mut conn = Connection::connect(node.native, &ClientConfig::default()).await.unwrap();
         for depth in [1usize, 2, 7, 16, 100, 512, 1024] {
             let sets: Vec<RequestBody> = (0..depth)
-                .map(|i| RequestBody::Key(KeyOpWire::Set {
-                    key: Bytes::from(format!("p{depth}:{i}")),
-                    value: Bytes::from(format!("v{i}")),
-                    ttl_ms: 0,
-                    flags: 0,
-                }))
+                .map(|i| {
+                    RequestBody::Key(KeyOpWire::Set {
+                        key: Bytes::from(format!("p{depth}:{i}")),
+                        value: Bytes::from(format!("v{i}")),
+                        ttl_ms: 0,
+                        flags: 0,
+                    })
+                })
                 .collect();
             for r in conn.pipeline(&sets).await.unwrap() {
                 assert_eq!(r.status, Status::Ok);

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use engine::{FsyncPolicy, Store};
 use ringkv_benches::{
-    bench_config, copy_dir_files, fill_value, key, mib, populate, rss_bytes, scratch_parent,
-    ScratchDir, VALUE_SMALL_BYTES,
+    bench_config, copy_dir_files, fill_value, key, mib, populate, rss_bytes, scratch_parent, ScratchDir,
+    VALUE_SMALL_BYTES,
 };
 
 /// Ticks run at most while waiting for index growth to finish; each tick
@@ -72,18 +72,8 @@ type BoxResult = Result<(), Box<dyn std::error::Error>>;
 fn statm() -> std::io::Result<(u64, u64)> {
     let total = rss_bytes()?;
     let text = std::fs::read_to_string("/proc/self/statm")?;
-    let shared_pages: u64 = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    let per_page = total
-        / text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(1)
-            .max(1);
+    let shared_pages: u64 = text.split_whitespace().nth(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let per_page = total / text.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()).unwrap_or(1).max(1);
     Ok((total, shared_pages * per_page))
 }
 
@@ -120,14 +110,7 @@ fn memory(keys: u64, value_len: usize) -> BoxResult {
     }
     let (rss_settled, file_settled) = statm()?;
     println!("settle_ticks: {ticks}");
-    report_rss(
-        "settled",
-        keys,
-        rss_start,
-        rss_settled,
-        file_settled,
-        &store.stats(),
-    );
+    report_rss("settled", keys, rss_start, rss_settled, file_settled, &store.stats());
     drop(store);
     Ok(())
 }
@@ -193,12 +176,7 @@ fn restart(keys: u64, rounds: u64) -> BoxResult {
         let (store, report) = Store::open(work.path(), config.clone())?;
         let open_s = started.elapsed().as_secs_f64();
         if report.hint_used || store.len() as u64 != keys {
-            return Err(format!(
-                "recovery found {} keys, hint_used {}",
-                store.len(),
-                report.hint_used
-            )
-            .into());
+            return Err(format!("recovery found {} keys, hint_used {}", store.len(), report.hint_used).into());
         }
         println!(
             "round {round}: crash_open_s {open_s:.3}, scanned_mib {:.1}, records {}, scan_rate_mib_s {:.0}",
@@ -213,11 +191,7 @@ fn restart(keys: u64, rounds: u64) -> BoxResult {
         let (store, report) = Store::open(work.path(), config.clone())?;
         let clean_s = started.elapsed().as_secs_f64();
         if !report.hint_used || store.len() as u64 != keys {
-            return Err(format!(
-                "clean open: hint_used {}, {:?}",
-                report.hint_used, report.hint_rejected
-            )
-            .into());
+            return Err(format!("clean open: hint_used {}, {:?}", report.hint_used, report.hint_rejected).into());
         }
         println!("round {round}: close_s {close_s:.3}, clean_open_s {clean_s:.3}");
         drop(store);

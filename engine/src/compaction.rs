@@ -79,13 +79,12 @@ impl Store {
                 Step::End { .. } => break self.finish_victim(&cur),
             };
             let (key, value) = scratch.split_at(key_len);
-            let full_hash = key_hash(key);
-            let hash = full_hash as u32;
+            let hash = key_hash(key) as u32;
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
-            if live && !expires_at_ms.is_some_and(|at| at <= now) {
+            if live && expires_at_ms.is_none_or(|at| at > now) {
                 let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
-                match self.log.append(&spec) {
+                match self.append(&spec) {
                     Ok((to, new_len)) => {
                         self.log.mark_live(to, new_len);
                         self.log.mark_dead(here, len);
@@ -104,7 +103,7 @@ impl Store {
                 let key_is_live = self.index.get(hash, |l| log.key_at(l) == Some(key)).is_some();
                 if cur.has_older && !key_is_live {
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
-                    if let Err(err) = self.log.append(&tomb) {
+                    if let Err(err) = self.append(&tomb) {
                         break Err(err);
                     }
                 }

@@ -11,6 +11,14 @@ pub enum Error {
     #[error("store is poisoned after a failed flush ({cause}); restart to recover")]
     Poisoned { cause: String },
 
+    /// Flushing a segment failed; the store poisons itself on this.
+    #[error("flush of {path} failed: {source}")]
+    SyncFailed {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("key is {len} bytes, the limit is {limit}")]
     KeyTooLarge { len: usize, limit: usize },
 
@@ -32,11 +40,7 @@ pub enum Error {
     BadSegment { path: PathBuf, problem: String },
 
     #[error("segment {path} was written with segment size {found} bytes, the store is configured for {expected}")]
-    SegmentSizeMismatch {
-        path: PathBuf,
-        found: u64,
-        expected: u64,
-    },
+    SegmentSizeMismatch { path: PathBuf, found: u64, expected: u64 },
 
     #[error("{context}: {source}")]
     Io {

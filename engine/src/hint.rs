@@ -110,7 +110,8 @@ pub fn load(dir: &Path, log: &mut Log) -> Result<Index, String> {
     let mut live = Vec::with_capacity(segments);
     for i in 0..segments {
         let at = HEADER_BYTES + i * SEGMENT_BYTES;
-        let (slot, sealed_end, seq, live_bytes) = (le32(body, at), le32(body, at + 4), le64(body, at + 8), le64(body, at + 16));
+        let (slot, sealed_end, seq, live_bytes) =
+            (le32(body, at), le32(body, at + 4), le64(body, at + 8), le64(body, at + 16));
         match log.segment(slot) {
             Some(seg) if seg.header.seq == seq && seg.header.sealed && seg.header.sealed_end == sealed_end => {}
             _ => return Err(format!("segment slot {slot} differs from the checkpoint")),

@@ -408,7 +408,11 @@ mod tests {
             cursor = index.scan_from(c, |_, loc| {
                 assert!(seen.insert(loc), "loc {loc} visited twice");
                 batch += 1;
-                if batch == 10 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if batch == 10 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             });
             // Growth in the middle of a scan must not lose or repeat keys.
             if rounds == 50 {

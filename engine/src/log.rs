@@ -99,11 +99,17 @@ impl Log {
     }
 
     /// Seals the active segment and opens a fresh one.
+    ///
+    /// The old segment's records are made durable before its header says
+    /// where they end, so that a sealed end never covers bytes the disk
+    /// may not have (which recovery would take for damage). One flush per
+    /// segment is cheap at any fsync policy.
     pub fn roll(&mut self) -> Result<()> {
         let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
         let fresh = Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?;
         self.next_seq += 1;
         if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
+            old.sync().map_err(|source| Error::SyncFailed { path: old.path.clone(), source })?;
             old.seal();
             self.unsynced.push(self.active);
         }

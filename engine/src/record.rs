@@ -122,10 +122,7 @@ pub enum DecodeError {
 /// record that would cross it is `Truncated`.
 pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
     let stored = u32::from_le_bytes(
-        buf.get(..CRC_BYTES)
-            .ok_or(DecodeError::Truncated)?
-            .try_into()
-            .map_err(|_| DecodeError::Truncated)?,
+        buf.get(..CRC_BYTES).ok_or(DecodeError::Truncated)?.try_into().map_err(|_| DecodeError::Truncated)?,
     );
     let mut at = CRC_BYTES;
     let meta = get_varint(buf, &mut at)?;
@@ -141,10 +138,7 @@ pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
     } else {
         None
     };
-    let body_end = at
-        .checked_add(key_len)
-        .and_then(|n| n.checked_add(value_len))
-        .ok_or(DecodeError::BadLength)?;
+    let body_end = at.checked_add(key_len).and_then(|n| n.checked_add(value_len)).ok_or(DecodeError::BadLength)?;
     if body_end > buf.len() {
         return Err(DecodeError::Truncated);
     }

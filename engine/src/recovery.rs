@@ -226,7 +226,9 @@ fn list_segments(dir: &Path, config: &Config, floor: Option<u64>, report: &mut R
 }
 
 fn header_is_blank(path: &Path) -> bool {
-    fs::read(path).is_ok_and(|b| b.iter().take(HEADER_BYTES).all(|&x| x == 0))
+    use std::io::Read;
+    let mut header = [0u8; HEADER_BYTES];
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && header.iter().all(|&x| x == 0)
 }
 
 fn quarantine(path: &Path, problem: &str, report: &mut RecoveryReport) -> Result<()> {
@@ -282,4 +284,3 @@ fn read_floor(dir: &Path) -> Result<Option<u64>> {
         Err(e) => Err(Error::io(format!("read {FLOOR_FILE}"))(e)),
     }
 }
-

@@ -141,7 +141,17 @@ impl Segment {
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
         sync_dir(dir)?;
-        Ok(Segment { header, path, map, _file: file, end: HEADER_BYTES, live_bytes: 0, synced_to: HEADER_BYTES, header_dirty: false, damaged: false })
+        Ok(Segment {
+            header,
+            path,
+            map,
+            _file: file,
+            end: HEADER_BYTES,
+            live_bytes: 0,
+            synced_to: HEADER_BYTES,
+            header_dirty: false,
+            damaged: false,
+        })
     }
 
     /// Maps an existing segment file. The header is returned unchecked in
@@ -154,12 +164,15 @@ impl Segment {
             .map_err(Error::io(format!("open {}", path.display())))?;
         let len = file.metadata().map_err(Error::io(format!("stat {}", path.display())))?.len();
         if len < HEADER_BYTES as u64 || !len.is_power_of_two() {
-            return Err(Error::BadSegment { path: path.into(), problem: format!("file size {len} is not a segment size") });
+            return Err(Error::BadSegment {
+                path: path.into(),
+                problem: format!("file size {len} is not a segment size"),
+            });
         }
         // SAFETY: as in `create`.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
         let header = Header::decode(&map).map_err(|problem| Error::BadSegment { path: path.into(), problem })?;
-        if 1u64 << header.size_log2 != len {
+        if 1u64.checked_shl(u32::from(header.size_log2)) != Some(len) {
             return Err(Error::BadSegment {
                 path: path.into(),
                 problem: format!("header says 2^{} bytes, file has {len}", header.size_log2),
@@ -169,7 +182,17 @@ impl Segment {
         if end < HEADER_BYTES || end as u64 > len {
             return Err(Error::BadSegment { path: path.into(), problem: format!("sealed end {end} out of range") });
         }
-        Ok(Segment { header, path: path.into(), map, _file: file, end, live_bytes: 0, synced_to: end, header_dirty: false, damaged: false })
+        Ok(Segment {
+            header,
+            path: path.into(),
+            map,
+            _file: file,
+            end,
+            live_bytes: 0,
+            synced_to: end,
+            header_dirty: false,
+            damaged: false,
+        })
     }
 
     pub fn size(&self) -> usize {
@@ -238,9 +261,7 @@ fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
 
 /// Makes directory entries (created, renamed or removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("sync directory {}", dir.display())))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io(format!("sync directory {}", dir.display())))
 }
 
 #[cfg(test)]

@@ -224,17 +224,15 @@ impl Store {
         &self.config
     }
 
-    /// Finds the key's record, expired or not.
-    fn find(&self, key: &[u8], hash: u32) -> Option<(Loc, RecordView<'_>)> {
-        let log = &self.log;
-        let loc = self.index.get(hash, |loc| log.key_at(loc) == Some(key))?;
-        let view = log.view(loc, self.config.verify_reads)?;
-        Some((loc, view))
-    }
-
     /// Finds the key's record if it has not expired.
     fn find_live(&self, key: &[u8], hash: u32) -> Option<(Loc, RecordView<'_>)> {
-        let (loc, view) = self.find(key, hash)?;
+        self.find_live_checked(key, hash, self.config.verify_reads)
+    }
+
+    fn find_live_checked(&self, key: &[u8], hash: u32, verify: bool) -> Option<(Loc, RecordView<'_>)> {
+        let log = &self.log;
+        let loc = self.index.get(hash, |loc| log.key_at(loc) == Some(key))?;
+        let view = log.view(loc, verify)?;
         if view.expires_at_ms.is_some() && view.is_expired(self.now_ms()) {
             return None;
         }
@@ -276,6 +274,12 @@ impl Store {
         if value_len > limit {
             return Err(Error::ValueTooLarge { len: value_len, limit });
         }
+        // Key and value must fit one segment together, whatever the limits.
+        let record = RecordSpec { key, value: &[], expires_at_ms: Some(0), tombstone: false }.encoded_len() + value_len;
+        let room = self.log.segment_size() - crate::segment::HEADER_BYTES;
+        if record > room {
+            return Err(Error::ValueTooLarge { len: value_len, limit: room.saturating_sub(record - value_len) });
+        }
         Ok(())
     }
 
@@ -284,7 +288,9 @@ impl Store {
         self.check_writable(key, value.len())?;
         let hash = key_hash(key) as u32;
         let now = self.now_ms();
-        let (exists, keep_expiry, old) = match self.find_live(key, hash) {
+        // The old value is checked only when it is handed back.
+        let verify = opts.return_old && self.config.verify_reads;
+        let (exists, keep_expiry, old) = match self.find_live_checked(key, hash, verify) {
             Some((_, v)) => (true, v.expires_at_ms, opts.return_old.then(|| v.value.to_vec())),
             None => (false, None, None),
         };
@@ -310,10 +316,24 @@ impl Store {
         Ok(SetOutcome { written: true, old })
     }
 
+    /// Appends a record; a failed flush while rolling to a new segment
+    /// poisons the store.
+    pub(crate) fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
+        match self.log.append(spec) {
+            Err(Error::SyncFailed { path, source }) => {
+                tracing::error!(segment = %path.display(), error = %source, "flush failed; store poisoned");
+                let cause = format!("flush of {} failed: {source}", path.display());
+                self.poisoned = Some(cause.clone());
+                Err(Error::Poisoned { cause })
+            }
+            other => other,
+        }
+    }
+
     /// Appends a live record and points the index at it.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>, hash: u32) -> Result<Loc> {
         let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
-        let (loc, len) = self.log.append(&spec)?;
+        let (loc, len) = self.append(&spec)?;
         self.log.mark_live(loc, len);
         let log = &self.log;
         if let Some(prev) = self.index.upsert(hash, loc, |l| l != loc && log.key_at(l) == Some(key)) {
@@ -338,13 +358,16 @@ impl Store {
     fn delete_hashed(&mut self, key: &[u8], hash: u32) -> Result<bool> {
         let now = self.now_ms();
         let log = &self.log;
-        let Some(loc) = self.index.remove(hash, |l| log.key_at(l) == Some(key)) else {
+        let Some(loc) = self.index.get(hash, |l| log.key_at(l) == Some(key)) else {
             return Ok(false);
         };
         let was_live = self.log.view(loc, false).is_some_and(|v| !v.is_expired(now));
-        self.forget(loc);
+        // The tombstone first: if it cannot be written, the key stays as it
+        // is in memory too, so memory never disagrees with the log.
         let tombstone = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
-        self.log.append(&tombstone)?;
+        self.append(&tombstone)?;
+        self.index.remove(hash, |l| l == loc);
+        self.forget(loc);
         Ok(was_live)
     }
 
@@ -432,7 +455,12 @@ impl Store {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        self.log.roll()?;
+        if let Err(err) = self.log.roll() {
+            if let Error::SyncFailed { path, source } = &err {
+                self.poisoned = Some(format!("flush of {} failed: {source}", path.display()));
+            }
+            return Err(err);
+        }
         let floor = self.log.segment(self.log.active).expect("active").header.seq;
         crate::recovery::write_floor(&self.log.dir, floor)?;
         for slot in self.log.by_seq() {

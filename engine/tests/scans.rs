@@ -65,3 +65,22 @@ fn hash_range_scan_is_exact() {
         assert!(batches > 1, "the scan came in batches");
     }
 }
+
+#[test]
+fn a_record_larger_than_a_segment_is_refused_with_the_right_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { segment_size_bytes: 64 << 10, fsync: FsyncPolicy::Never, ..Config::default() };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let key = vec![b'k'; 60 << 10];
+    let err = store.set(&key, &[0u8; 5000], SetOptions::default()).unwrap_err();
+    match err {
+        engine::Error::ValueTooLarge { len, limit } => {
+            assert_eq!(len, 5000);
+            assert!(limit < 5000, "limit {limit} leaves room for the key");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    // Nothing was half-written: the store still works.
+    store.set(b"small", b"v", SetOptions::default()).unwrap();
+    assert_eq!(store.get(b"small"), Some(&b"v"[..]));
+}

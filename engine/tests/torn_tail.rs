@@ -12,7 +12,12 @@ use proptest::prelude::*;
 const KEYS: u32 = 40;
 
 fn config() -> Config {
-    Config { segment_size_bytes: 64 << 10, value_len_max_bytes: 8 << 10, fsync: FsyncPolicy::Never, ..Config::default() }
+    Config {
+        segment_size_bytes: 64 << 10,
+        value_len_max_bytes: 8 << 10,
+        fsync: FsyncPolicy::Never,
+        ..Config::default()
+    }
 }
 
 fn newest_segment(dir: &Path) -> PathBuf {

@@ -210,8 +210,14 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
         let mut seed = Connection::connect(addr, &config).await?;
-        let mut client =
-            Client { config, seed: addr, ring: None, member_shard: Vec::new(), conns: Vec::new(), shard_addrs: Vec::new() };
+        let mut client = Client {
+            config,
+            seed: addr,
+            ring: None,
+            member_shard: Vec::new(),
+            conns: Vec::new(),
+            shard_addrs: Vec::new(),
+        };
         if client.config.shard_aware {
             let ring = seed.call(&RequestBody::Ring).await?.ok()?;
             client.install_ring(ring.body, addr)?;
@@ -326,12 +332,16 @@ impl Client {
 
     /// Deletes a key; true when it existed.
     pub async fn del(&mut self, key: &[u8]) -> Result<bool, ClientError> {
-        let resp = self.request(self.shard_for(key), RequestBody::Key(KeyOpWire::Del(Bytes::copy_from_slice(key))), false).await?;
+        let resp = self
+            .request(self.shard_for(key), RequestBody::Key(KeyOpWire::Del(Bytes::copy_from_slice(key))), false)
+            .await?;
         Ok(resp.status == Status::Ok)
     }
 
     pub async fn exists(&mut self, key: &[u8]) -> Result<bool, ClientError> {
-        let resp = self.request(self.shard_for(key), RequestBody::Key(KeyOpWire::Exists(Bytes::copy_from_slice(key))), true).await?;
+        let resp = self
+            .request(self.shard_for(key), RequestBody::Key(KeyOpWire::Exists(Bytes::copy_from_slice(key))), true)
+            .await?;
         Ok(resp.status == Status::Ok)
     }
 
@@ -345,7 +355,9 @@ impl Client {
 
     /// Remaining time to live in ms: -2 missing, -1 no expiry.
     pub async fn ttl_ms(&mut self, key: &[u8]) -> Result<i64, ClientError> {
-        let mut resp = self.request(self.shard_for(key), RequestBody::Key(KeyOpWire::Ttl(Bytes::copy_from_slice(key))), true).await?;
+        let mut resp = self
+            .request(self.shard_for(key), RequestBody::Key(KeyOpWire::Ttl(Bytes::copy_from_slice(key))), true)
+            .await?;
         if resp.body.remaining() < 8 {
             return Err(ClientError::Unexpected("short TTL reply".into()));
         }
@@ -384,7 +396,9 @@ impl Client {
     }
 
     pub async fn mset(&mut self, pairs: &[(&[u8], &[u8])]) -> Result<(), ClientError> {
-        let body = RequestBody::MSet(pairs.iter().map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))).collect());
+        let body = RequestBody::MSet(
+            pairs.iter().map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))).collect(),
+        );
         self.request(0, body, false).await.map(|_| ())
     }
 
@@ -408,6 +422,11 @@ impl Client {
 
     pub fn shard_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The shard-aware addresses, by shard.
+    pub fn shard_addrs(&self) -> &[SocketAddr] {
+        &self.shard_addrs
     }
 
     pub fn seed(&self) -> SocketAddr {

@@ -73,7 +73,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         }
         // Idle connections may wait forever; one holding half a request
         // may not.
-        let partial_deadline = (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
+        let partial_deadline =
+            (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
         let stalled = async {
             match partial_deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -117,7 +118,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         wrote |= op.is_write();
                         if let KeyOp::Get { key } = &op {
                             if pending.is_empty() {
-                                let done = shard.with_store(|s| proto.render_borrowed_get(&shape, s.get(key), &mut out));
+                                let done =
+                                    shard.with_store(|s| proto.render_borrowed_get(&shape, s.get(key), &mut out));
                                 if done {
                                     continue;
                                 }
@@ -134,7 +136,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 Job::Keys(ops, shape) => {
                     let n = ops.len();
                     let mut results: Vec<Option<OpResult>> = vec![None; n];
-                    let mut by_shard: Vec<(Vec<KeyOp>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); shard.shared.mailboxes.len()];
+                    let mut by_shard: Vec<(Vec<KeyOp>, Vec<usize>)> =
+                        vec![(Vec::new(), Vec::new()); shard.shared.mailboxes.len()];
                     for (i, op) in ops.into_iter().enumerate() {
                         let owner = shard.shared.shard_of(op.key());
                         by_shard[owner].0.push(op);
@@ -166,10 +169,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                     let shards = shard.shared.mailboxes.len();
                     let mut results: Vec<Option<OpResult>> = vec![None; shards];
                     let mut waits = Vec::new();
-                    for owner in 0..shards {
+                    for (owner, slot) in results.iter_mut().enumerate() {
                         if owner == shard.id {
                             wrote |= sop == ShardOp::FlushAll;
-                            results[owner] = Some(shard.with_store(|s| crate::op::execute_shard(s, sop)));
+                            *slot = Some(shard.with_store(|s| crate::op::execute_shard(s, sop)));
                         } else {
                             waits.push((shard.shared.mailboxes[owner].send(Work::Shard(sop)), vec![owner]));
                         }
@@ -192,13 +195,16 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 Pending::Gather { shape, mut results, waits } => {
                     for (rx, positions) in waits {
                         let answers = rx.await.unwrap_or_default();
-                        for (i, answer) in positions.into_iter().zip(answers.into_iter().chain(std::iter::repeat_with(
-                            || OpResult::Error("shard unavailable".into()),
-                        ))) {
+                        for (i, answer) in positions.into_iter().zip(
+                            answers
+                                .into_iter()
+                                .chain(std::iter::repeat_with(|| OpResult::Error("shard unavailable".into()))),
+                        ) {
                             results[i] = Some(answer);
                         }
                     }
-                    let results: Vec<OpResult> = results.into_iter().map(|r| r.unwrap_or(OpResult::Error("lost".into()))).collect();
+                    let results: Vec<OpResult> =
+                        results.into_iter().map(|r| r.unwrap_or(OpResult::Error("lost".into()))).collect();
                     proto.render(&shape, &results, &shard, &mut out);
                 }
             }

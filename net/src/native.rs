@@ -119,11 +119,19 @@ pub enum RequestBody {
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyOpWire {
     Get(Bytes),
-    Set { key: Bytes, value: Bytes, ttl_ms: u64, flags: u8 },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: u64,
+        flags: u8,
+    },
     Del(Bytes),
     Exists(Bytes),
     /// ttl 0 removes the expiry.
-    Expire { key: Bytes, ttl_ms: u64 },
+    Expire {
+        key: Bytes,
+        ttl_ms: u64,
+    },
     Ttl(Bytes),
 }
 
@@ -303,8 +311,7 @@ pub fn put_response(out: &mut BytesMut, status: Status, id: u32, body: impl FnOn
     out.put_u8(0);
     out.put_u32_le(id);
     body(out);
-    let len = (out.len() - start - LEN_BYTES) as u32;
-    out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+    finish_frame(out, start);
 }
 
 pub fn put_error(out: &mut BytesMut, id: u32, message: &str) {
@@ -346,36 +353,64 @@ pub fn put_result(out: &mut BytesMut, id: u32, result: &OpResult) {
     }
 }
 
-/// Encodes a request (used by the client and by tests).
-pub fn put_request(out: &mut BytesMut, id: u32, body: &RequestBody) {
+/// Starts a request frame; `finish_frame` fills in its length.
+fn start_frame(out: &mut BytesMut, op: Opcode, flags: u8, id: u32) -> usize {
     let start = out.len();
     out.put_u32_le(0);
-    let (op, flags) = match body {
-        RequestBody::Key(KeyOpWire::Get(_)) => (Opcode::Get, 0),
-        RequestBody::Key(KeyOpWire::Set { flags, .. }) => (Opcode::Set, *flags),
-        RequestBody::Key(KeyOpWire::Del(_)) => (Opcode::Del, 0),
-        RequestBody::Key(KeyOpWire::Exists(_)) => (Opcode::Exists, 0),
-        RequestBody::Key(KeyOpWire::Expire { .. }) => (Opcode::Expire, 0),
-        RequestBody::Key(KeyOpWire::Ttl(_)) => (Opcode::Ttl, 0),
-        RequestBody::MGet(_) => (Opcode::MGet, 0),
-        RequestBody::MSet(_) => (Opcode::MSet, 0),
-        RequestBody::Ping => (Opcode::Ping, 0),
-        RequestBody::Stats => (Opcode::Stats, 0),
-        RequestBody::Auth(_) => (Opcode::Auth, 0),
-        RequestBody::Ring => (Opcode::Ring, 0),
-    };
     out.put_u8(op as u8);
     out.put_u8(flags);
     out.put_u32_le(id);
+    start
+}
+
+fn finish_frame(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - LEN_BYTES) as u32;
+    out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Encodes a GET without building a [`RequestBody`] (the load generator's
+/// hot path).
+pub fn put_get(out: &mut BytesMut, id: u32, key: &[u8]) {
+    let start = start_frame(out, Opcode::Get, 0, id);
+    put_bytes(out, key);
+    finish_frame(out, start);
+}
+
+/// Encodes a SET without building a [`RequestBody`].
+pub fn put_set(out: &mut BytesMut, id: u32, key: &[u8], value: &[u8], ttl_ms: u64, flags: u8) {
+    let start = start_frame(out, Opcode::Set, flags, id);
+    put_bytes(out, key);
+    put_bytes(out, value);
+    out.put_u64_le(ttl_ms);
+    finish_frame(out, start);
+}
+
+/// Encodes a request (used by the client and by tests).
+pub fn put_request(out: &mut BytesMut, id: u32, body: &RequestBody) {
     match body {
-        RequestBody::Key(KeyOpWire::Get(k) | KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k)) => {
-            put_bytes(out, k)
+        RequestBody::Key(KeyOpWire::Get(k)) => return put_get(out, id, k),
+        RequestBody::Key(KeyOpWire::Set { key, value, ttl_ms, flags }) => {
+            return put_set(out, id, key, value, *ttl_ms, *flags)
         }
-        RequestBody::Key(KeyOpWire::Set { key, value, ttl_ms, .. }) => {
-            put_bytes(out, key);
-            put_bytes(out, value);
-            out.put_u64_le(*ttl_ms);
-        }
+        _ => {}
+    }
+    let op = match body {
+        RequestBody::Key(KeyOpWire::Get(_)) => Opcode::Get,
+        RequestBody::Key(KeyOpWire::Set { .. }) => Opcode::Set,
+        RequestBody::Key(KeyOpWire::Del(_)) => Opcode::Del,
+        RequestBody::Key(KeyOpWire::Exists(_)) => Opcode::Exists,
+        RequestBody::Key(KeyOpWire::Expire { .. }) => Opcode::Expire,
+        RequestBody::Key(KeyOpWire::Ttl(_)) => Opcode::Ttl,
+        RequestBody::MGet(_) => Opcode::MGet,
+        RequestBody::MSet(_) => Opcode::MSet,
+        RequestBody::Ping => Opcode::Ping,
+        RequestBody::Stats => Opcode::Stats,
+        RequestBody::Auth(_) => Opcode::Auth,
+        RequestBody::Ring => Opcode::Ring,
+    };
+    let start = start_frame(out, op, 0, id);
+    match body {
+        RequestBody::Key(KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k)) => put_bytes(out, k),
         RequestBody::Key(KeyOpWire::Expire { key, ttl_ms }) => {
             put_bytes(out, key);
             out.put_u64_le(*ttl_ms);
@@ -392,10 +427,12 @@ pub fn put_request(out: &mut BytesMut, id: u32, body: &RequestBody) {
             }
         }
         RequestBody::Auth(secret) => put_bytes(out, secret),
-        RequestBody::Ping | RequestBody::Stats | RequestBody::Ring => {}
+        RequestBody::Key(KeyOpWire::Get(_) | KeyOpWire::Set { .. })
+        | RequestBody::Ping
+        | RequestBody::Stats
+        | RequestBody::Ring => {}
     }
-    let len = (out.len() - start - LEN_BYTES) as u32;
-    out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+    finish_frame(out, start);
 }
 
 /// A decoded response.
@@ -450,7 +487,12 @@ mod tests {
     fn requests_round_trip() {
         let k = Bytes::from_static(b"key");
         roundtrip(RequestBody::Key(KeyOpWire::Get(k.clone())));
-        roundtrip(RequestBody::Key(KeyOpWire::Set { key: k.clone(), value: Bytes::from_static(b"v"), ttl_ms: 5, flags: set_flags::NX | set_flags::GET }));
+        roundtrip(RequestBody::Key(KeyOpWire::Set {
+            key: k.clone(),
+            value: Bytes::from_static(b"v"),
+            ttl_ms: 5,
+            flags: set_flags::NX | set_flags::GET,
+        }));
         roundtrip(RequestBody::MGet(vec![k.clone(), Bytes::new()]));
         roundtrip(RequestBody::MSet(vec![(k.clone(), Bytes::from_static(b"1"))]));
         roundtrip(RequestBody::Ping);

@@ -55,14 +55,18 @@ impl Protocol for Native {
                         }));
                     }
                     RequestBody::Ping => {}
-                    _ => return Some(Job::Reply(Shape::Error { id, message: "NOAUTH authentication required".into() })),
+                    _ => {
+                        return Some(Job::Reply(Shape::Error { id, message: "NOAUTH authentication required".into() }))
+                    }
                 }
             }
         }
         let now = shard.with_store(|s| s.now_ms());
         Some(match request.body {
             RequestBody::Key(op) => Job::Key(op.into_op(now), Shape::Key { id }),
-            RequestBody::MGet(keys) => Job::Keys(keys.into_iter().map(|key| KeyOp::Get { key }).collect(), Shape::MGet { id }),
+            RequestBody::MGet(keys) => {
+                Job::Keys(keys.into_iter().map(|key| KeyOp::Get { key }).collect(), Shape::MGet { id })
+            }
             RequestBody::MSet(pairs) => Job::Keys(
                 pairs
                     .into_iter()
@@ -189,16 +193,22 @@ pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
 
 /// CPU time (user + system) this process has used, in milliseconds.
 pub fn process_cpu_ms() -> u64 {
+    let (user, sys) = process_cpu_split_ms();
+    user + sys
+}
+
+/// CPU time this process has used, (user, system), in milliseconds.
+pub fn process_cpu_split_ms() -> (u64, u64) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage writes a full rusage into the pointer on success.
     let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
     if !ok {
-        return 0;
+        return (0, 0);
     }
     // SAFETY: initialised by the successful call above.
     let u = unsafe { usage.assume_init() };
     let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    ms(u.ru_utime) + ms(u.ru_stime)
+    (ms(u.ru_utime), ms(u.ru_stime))
 }
 
 /// Compares secrets in time independent of where they differ.

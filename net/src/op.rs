@@ -8,13 +8,30 @@ use engine::{Condition, SetExpiry, SetOptions, Store, Ttl};
 /// One operation on one key of one shard.
 #[derive(Debug, Clone)]
 pub enum KeyOp {
-    Get { key: Bytes },
-    Set { key: Bytes, value: Bytes, expiry: SetExpiry, condition: Condition, return_old: bool },
-    Del { key: Bytes },
-    Exists { key: Bytes },
+    Get {
+        key: Bytes,
+    },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: SetExpiry,
+        condition: Condition,
+        return_old: bool,
+    },
+    Del {
+        key: Bytes,
+    },
+    Exists {
+        key: Bytes,
+    },
     /// `None` removes the expiry (PERSIST).
-    ExpireAt { key: Bytes, at_ms: Option<u64> },
-    Ttl { key: Bytes },
+    ExpireAt {
+        key: Bytes,
+        at_ms: Option<u64>,
+    },
+    Ttl {
+        key: Bytes,
+    },
 }
 
 impl KeyOp {
@@ -45,7 +62,10 @@ pub enum ShardOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpResult {
     Value(Option<Bytes>),
-    Set { written: bool, old: Option<Bytes> },
+    Set {
+        written: bool,
+        old: Option<Bytes>,
+    },
     /// DEL, EXISTS, EXPIRE: whether the key existed.
     Existed(bool),
     Ttl(Ttl),

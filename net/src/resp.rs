@@ -128,6 +128,96 @@ fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
     Ok(Some(args))
 }
 
+/// A reply as a RESP client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Simple(Bytes),
+    Error(Bytes),
+    Int(i64),
+    Bulk(Option<Bytes>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// Parses one reply from the front of `buf` (client side). `Ok(None)`:
+/// incomplete, nothing consumed.
+pub fn parse_reply(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, RespError> {
+    let mut at = 0;
+    match parse_reply_at(buf, &mut at, limits, 0)? {
+        Some(reply) => {
+            buf.advance(at);
+            Ok(Some(reply))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Nesting deeper than this is refused rather than recursed into.
+const REPLY_DEPTH_MAX: usize = 16;
+
+fn parse_reply_at(buf: &[u8], at: &mut usize, limits: &Limits, depth: usize) -> Result<Option<Reply>, RespError> {
+    let Some(&marker) = buf.get(*at) else { return Ok(None) };
+    let line_end = |from: usize| buf[from..].iter().position(|&b| b == b'\n').map(|p| from + p);
+    let Some(nl) = line_end(*at + 1) else { return Ok(None) };
+    let line = &buf[*at + 1..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let int = || -> Result<i64, RespError> {
+        std::str::from_utf8(line).ok().and_then(|t| t.parse().ok()).ok_or(RespError::BadBulkLength)
+    };
+    let after = nl + 1;
+    let reply = match marker {
+        b'+' => Reply::Simple(Bytes::copy_from_slice(line)),
+        b'-' => Reply::Error(Bytes::copy_from_slice(line)),
+        b':' => Reply::Int(int()?),
+        b'$' => {
+            let n = int()?;
+            if n < 0 {
+                Reply::Bulk(None)
+            } else {
+                let n = n as usize;
+                if n > limits.frame_max_bytes {
+                    return Err(RespError::BadBulkLength);
+                }
+                if buf.len() < after + n + 2 {
+                    return Ok(None);
+                }
+                *at = after + n + 2;
+                return Ok(Some(Reply::Bulk(Some(Bytes::copy_from_slice(&buf[after..after + n])))));
+            }
+        }
+        b'*' => {
+            let n = int()?;
+            if n < 0 {
+                Reply::Array(None)
+            } else {
+                if n as usize > limits.args_max || depth >= REPLY_DEPTH_MAX {
+                    return Err(RespError::BadArrayLength);
+                }
+                let mut items = Vec::with_capacity((n as usize).min(1024));
+                let mut pos = after;
+                for _ in 0..n {
+                    match parse_reply_at(buf, &mut pos, limits, depth + 1)? {
+                        Some(item) => items.push(item),
+                        None => return Ok(None),
+                    }
+                }
+                *at = pos;
+                return Ok(Some(Reply::Array(Some(items))));
+            }
+        }
+        other => return Err(RespError::ExpectedBulk(other as char)),
+    };
+    *at = after;
+    Ok(Some(reply))
+}
+
+/// Writes a command as an array of bulk strings (client side).
+pub fn put_command(out: &mut BytesMut, args: &[&[u8]]) {
+    put::array(out, args.len());
+    for a in args {
+        put::bulk(out, a);
+    }
+}
+
 /// Writers for RESP replies.
 pub mod put {
     use bytes::{BufMut, BytesMut};
@@ -195,19 +285,25 @@ pub enum Shape {
     /// GET, GETSET, SET..GET: the value or nil.
     Value,
     /// SET: OK, or nil when a condition failed; with GET, the old value.
-    Set { get: bool },
+    Set {
+        get: bool,
+    },
     /// SETNX, MSETNX: 1 when written.
     SetNx,
     /// DEL, EXISTS, UNLINK: how many keys existed.
     CountExisted,
     /// EXPIRE and friends, PERSIST: 1 when the key existed.
     Existed,
-    Ttl { millis: bool },
+    Ttl {
+        millis: bool,
+    },
     /// MGET: an array of values.
     Values,
     /// MSET: OK.
     Ok,
-    Info { sections: Vec<String> },
+    Info {
+        sections: Vec<String>,
+    },
     DbSize,
     Flushed,
 }
@@ -269,7 +365,9 @@ impl Protocol for Resp {
                 Some(OpResult::Set { written: true, .. }) => put::simple(out, "OK"),
                 _ => put::nil(out),
             },
-            Shape::SetNx => put::int(out, i64::from(matches!(results.first(), Some(OpResult::Set { written: true, .. })))),
+            Shape::SetNx => {
+                put::int(out, i64::from(matches!(results.first(), Some(OpResult::Set { written: true, .. }))))
+            }
             Shape::CountExisted => {
                 put::int(out, results.iter().filter(|r| matches!(r, OpResult::Existed(true))).count() as i64)
             }
@@ -337,7 +435,10 @@ impl Resp {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         let argc = args.len();
         let reply = |shape| Job::Reply(shape);
-        if shard.shared.requirepass.is_some() && !self.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit" | "ping") {
+        if shard.shared.requirepass.is_some()
+            && !self.authenticated
+            && !matches!(name.as_str(), "auth" | "hello" | "quit" | "ping")
+        {
             return reply(Shape::Error("NOAUTH Authentication required.".into()));
         }
         let now = || shard.with_store(|s| s.now_ms());
@@ -371,26 +472,45 @@ impl Resp {
             "hello" => self.hello(&args, shard),
             "get" if argc == 2 => Job::Key(KeyOp::Get { key: key(1) }, Shape::Value),
             "set" if argc >= 3 => self.set(&args, now()),
-            "setnx" if argc == 3 => Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::IfAbsent, false), Shape::SetNx),
+            "setnx" if argc == 3 => {
+                Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::IfAbsent, false), Shape::SetNx)
+            }
             "setex" | "psetex" if argc == 4 => {
                 let unit = if name == "setex" { 1000 } else { 1 };
                 match parse_i64(&args[2]) {
                     Some(t) if t > 0 => Job::Key(
-                        set_op(key(1), key(3), SetExpiry::At(now().saturating_add((t as u64).saturating_mul(unit))), Condition::Always, false),
+                        set_op(
+                            key(1),
+                            key(3),
+                            SetExpiry::At(now().saturating_add((t as u64).saturating_mul(unit))),
+                            Condition::Always,
+                            false,
+                        ),
                         Shape::Ok,
                     ),
                     Some(_) => reply(Shape::Error(format!("ERR invalid expire time in '{name}' command"))),
                     None => reply(Shape::Error(NOT_INTEGER.into())),
                 }
             }
-            "getset" if argc == 3 => Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::Always, true), Shape::Value),
-            "mget" if argc >= 2 => Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Shape::Values),
+            "getset" if argc == 3 => {
+                Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::Always, true), Shape::Value)
+            }
+            "mget" if argc >= 2 => {
+                Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Shape::Values)
+            }
             "mset" if argc >= 3 && argc % 2 == 1 => Job::Keys(
-                args[1..].chunks_exact(2).map(|p| set_op(p[0].clone(), p[1].clone(), SetExpiry::None, Condition::Always, false)).collect(),
+                args[1..]
+                    .chunks_exact(2)
+                    .map(|p| set_op(p[0].clone(), p[1].clone(), SetExpiry::None, Condition::Always, false))
+                    .collect(),
                 Shape::Ok,
             ),
-            "del" | "unlink" if argc >= 2 => Job::Keys(args[1..].iter().map(|k| KeyOp::Del { key: k.clone() }).collect(), Shape::CountExisted),
-            "exists" if argc >= 2 => Job::Keys(args[1..].iter().map(|k| KeyOp::Exists { key: k.clone() }).collect(), Shape::CountExisted),
+            "del" | "unlink" if argc >= 2 => {
+                Job::Keys(args[1..].iter().map(|k| KeyOp::Del { key: k.clone() }).collect(), Shape::CountExisted)
+            }
+            "exists" if argc >= 2 => {
+                Job::Keys(args[1..].iter().map(|k| KeyOp::Exists { key: k.clone() }).collect(), Shape::CountExisted)
+            }
             "expire" | "pexpire" | "expireat" | "pexpireat" if argc == 3 => {
                 let Some(n) = parse_i64(&args[2]) else { return reply(Shape::Error(NOT_INTEGER.into())) };
                 let at_ms = match name.as_str() {
@@ -407,21 +527,49 @@ impl Resp {
             "flushdb" | "flushall" => Job::Shards(ShardOp::FlushAll, Shape::Flushed),
             "info" => Job::Shards(
                 ShardOp::Stats,
-                Shape::Info { sections: args[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect() },
+                Shape::Info {
+                    sections: args[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect(),
+                },
             ),
             "command" => reply(Shape::Array(Vec::new())),
-            "config" if argc >= 3 && args[1].eq_ignore_ascii_case(b"get") => reply(Shape::Array(config_get(&args[2..], shard))),
+            "config" if argc >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
+                reply(Shape::Array(config_get(&args[2..], shard)))
+            }
             "client" if argc >= 2 => self.client(&args),
             _ => {
                 let known = [
-                    "ping", "echo", "select", "auth", "get", "set", "setnx", "setex", "psetex", "getset", "mget", "mset", "del",
-                    "unlink", "exists", "expire", "pexpire", "expireat", "pexpireat", "persist", "ttl", "pttl", "dbsize", "config",
-                    "client", "echo",
+                    "ping",
+                    "echo",
+                    "select",
+                    "auth",
+                    "get",
+                    "set",
+                    "setnx",
+                    "setex",
+                    "psetex",
+                    "getset",
+                    "mget",
+                    "mset",
+                    "del",
+                    "unlink",
+                    "exists",
+                    "expire",
+                    "pexpire",
+                    "expireat",
+                    "pexpireat",
+                    "persist",
+                    "ttl",
+                    "pttl",
+                    "dbsize",
+                    "config",
+                    "client",
+                    "echo",
                 ];
                 if known.contains(&name.as_str()) {
                     reply(wrong_args(&name))
                 } else {
-                    let shown: Vec<String> = args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+                    let shown: Vec<String> =
+                        args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
                     reply(Shape::Error(format!(
                         "ERR unknown command '{}', with args beginning with: {}",
                         String::from_utf8_lossy(&args[0]),
@@ -484,9 +632,12 @@ impl Resp {
             let opt = args[i].to_ascii_uppercase();
             match opt.as_slice() {
                 b"AUTH" if i + 2 < args.len() => {
-                    let ok = shard.shared.requirepass.as_ref().is_some_and(|s| constant_time_eq(&args[i + 2], s.as_bytes()));
+                    let ok =
+                        shard.shared.requirepass.as_ref().is_some_and(|s| constant_time_eq(&args[i + 2], s.as_bytes()));
                     if !ok {
-                        return Job::Reply(Shape::Error("WRONGPASS invalid username-password pair or user is disabled.".into()));
+                        return Job::Reply(Shape::Error(
+                            "WRONGPASS invalid username-password pair or user is disabled.".into(),
+                        ));
                     }
                     self.authenticated = true;
                     i += 3;
@@ -588,7 +739,9 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
 /// INFO text: Redis's section layout, with `total_commands_processed`
 /// counting every operation served on either protocol.
 fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String {
-    let want = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name || s == "all" || s == "everything" || s == "default");
+    let want = |name: &str| {
+        sections.is_empty() || sections.iter().any(|s| s == name || s == "all" || s == "everything" || s == "default")
+    };
     let shared = &shard.shared;
     let stats = stats_text(shard, results);
     let field = |name: &str| -> String {
@@ -609,7 +762,8 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
         out.push_str(&format!("# Clients\r\nconnected_clients:{}\r\n\r\n", field("connected_clients")));
     }
     if want("memory") {
-        let used = field("segment_bytes").parse::<u64>().unwrap_or(0) + field("index_bytes").parse::<u64>().unwrap_or(0);
+        let used =
+            field("segment_bytes").parse::<u64>().unwrap_or(0) + field("index_bytes").parse::<u64>().unwrap_or(0);
         out.push_str(&format!(
             "# Memory\r\nused_memory:{used}\r\nused_memory_index:{}\r\nused_memory_live_data:{}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n",
             field("index_bytes"),
@@ -634,6 +788,14 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
             field("expired_reclaimed"),
             field("cross_shard_hops"),
             field("process_cpu_ms"),
+        ));
+    }
+    if want("cpu") {
+        let (user, sys) = crate::native_server::process_cpu_split_ms();
+        out.push_str(&format!(
+            "# CPU\r\nused_cpu_sys:{:.6}\r\nused_cpu_user:{:.6}\r\n\r\n",
+            sys as f64 / 1000.0,
+            user as f64 / 1000.0
         ));
     }
     if want("keyspace") {
@@ -667,7 +829,10 @@ mod tests {
 
     #[test]
     fn parses_inline_commands_with_quotes() {
-        assert_eq!(parse(b"set k \"hello world\"\r\n").unwrap().unwrap(), vec![Bytes::from("set"), Bytes::from("k"), Bytes::from("hello world")]);
+        assert_eq!(
+            parse(b"set k \"hello world\"\r\n").unwrap().unwrap(),
+            vec![Bytes::from("set"), Bytes::from("k"), Bytes::from("hello world")]
+        );
         assert_eq!(parse(b"PING\n").unwrap().unwrap(), vec![Bytes::from("PING")]);
         assert_eq!(parse(b"set 'a"), Ok(None));
         assert_eq!(parse(b"set 'a\r\n"), Err(RespError::UnbalancedQuotes));
@@ -681,6 +846,24 @@ mod tests {
         assert_eq!(parse(b"*1\r\n:5\r\n"), Err(RespError::ExpectedBulk(':')));
         assert_eq!(parse(b"*1\r\n$abc\r\n"), Err(RespError::BadBulkLength));
         assert!(parse(&[b'x'; INLINE_MAX_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn parses_replies_and_waits_for_partial_ones() {
+        let bytes = b"*3\r\n$3\r\nabc\r\n$-1\r\n:42\r\n+OK\r\n-ERR no\r\n";
+        for cut in 0..19 {
+            let mut b = BytesMut::from(&bytes[..cut]);
+            assert_eq!(parse_reply(&mut b, &Limits::default()), Ok(None), "cut {cut}");
+        }
+        let mut b = BytesMut::from(&bytes[..]);
+        let l = Limits::default();
+        assert_eq!(
+            parse_reply(&mut b, &l).unwrap().unwrap(),
+            Reply::Array(Some(vec![Reply::Bulk(Some(Bytes::from("abc"))), Reply::Bulk(None), Reply::Int(42)]))
+        );
+        assert_eq!(parse_reply(&mut b, &l).unwrap().unwrap(), Reply::Simple(Bytes::from("OK")));
+        assert_eq!(parse_reply(&mut b, &l).unwrap().unwrap(), Reply::Error(Bytes::from("ERR no")));
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -135,7 +135,11 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener,
 }
 
 /// Binds one socket per shard on the same port (SO_REUSEPORT).
-fn shared_listeners(bind: IpAddr, port: u16, shards: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServerError> {
+fn shared_listeners(
+    bind: IpAddr,
+    port: u16,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServerError> {
     let first = listener(SocketAddr::new(bind, port), true)?;
     let addr = first.local_addr().map_err(|source| ServerError::Bind { addr: SocketAddr::new(bind, port), source })?;
     let mut all = vec![first];

@@ -101,31 +101,18 @@ impl Ring {
                     share,
                     fair_share,
                     ratio: share / fair_share,
-                    key_share: (sample_keys > 0)
-                        .then(|| key_counts[index] as f64 / sample_keys as f64),
+                    key_share: (sample_keys > 0).then(|| key_counts[index] as f64 / sample_keys as f64),
                 }
             })
             .collect();
         let ratios: Vec<f64> = members.iter().map(|m| m.ratio).collect();
         let (max_over_mean, stddev) = max_and_stddev(&ratios);
         let keys = (sample_keys > 0).then(|| {
-            let ratios: Vec<f64> = members
-                .iter()
-                .map(|m| m.key_share.unwrap_or(0.0) / m.fair_share)
-                .collect();
+            let ratios: Vec<f64> = members.iter().map(|m| m.key_share.unwrap_or(0.0) / m.fair_share).collect();
             let (max_over_mean, stddev) = max_and_stddev(&ratios);
-            KeyBalance {
-                sample_keys,
-                max_over_mean,
-                stddev,
-            }
+            KeyBalance { sample_keys, max_over_mean, stddev }
         });
-        BalanceReport {
-            members,
-            max_over_mean,
-            stddev,
-            keys,
-        }
+        BalanceReport { members, max_over_mean, stddev, keys }
     }
 
     /// How many of the 2^64 hashes `member` owns.

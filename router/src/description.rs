@@ -350,10 +350,7 @@ impl RingDescription {
     /// reports the first problem found, naming where it is.
     pub fn validate(&self) -> Result<(), DescriptionError> {
         if self.epoch > MAX_EPOCH {
-            return Err(DescriptionError::EpochTooLarge {
-                epoch: self.epoch,
-                max: MAX_EPOCH,
-            });
+            return Err(DescriptionError::EpochTooLarge { epoch: self.epoch, max: MAX_EPOCH });
         }
         if self.tokens_per_weight == 0 || self.tokens_per_weight > MAX_TOKENS_PER_WEIGHT {
             return Err(DescriptionError::TokensPerWeightOutOfRange {
@@ -371,26 +368,16 @@ impl RingDescription {
             return Err(DescriptionError::NoMembers);
         }
         if self.shards.len() > MAX_MEMBERS {
-            return Err(DescriptionError::TooManyMembers {
-                count: self.shards.len(),
-                max: MAX_MEMBERS,
-            });
+            return Err(DescriptionError::TooManyMembers { count: self.shards.len(), max: MAX_MEMBERS });
         }
 
         let mut node_index: HashMap<&NodeId, usize> = HashMap::with_capacity(self.nodes.len());
         for (index, node) in self.nodes.iter().enumerate() {
             if let Some(&first) = node_index.get(&node.id) {
-                return Err(DescriptionError::DuplicateNode {
-                    id: node.id.clone(),
-                    first,
-                    second: index,
-                });
+                return Err(DescriptionError::DuplicateNode { id: node.id.clone(), first, second: index });
             }
             if node.address.trim().is_empty() {
-                return Err(DescriptionError::EmptyAddress {
-                    id: node.id.clone(),
-                    index,
-                });
+                return Err(DescriptionError::EmptyAddress { id: node.id.clone(), index });
             }
             node_index.insert(&node.id, index);
         }
@@ -401,30 +388,17 @@ impl RingDescription {
         for (index, shard) in self.shards.iter().enumerate() {
             let member = shard.member_id();
             let Some(&node) = node_index.get(&shard.node) else {
-                return Err(DescriptionError::UnknownNode {
-                    member,
-                    index,
-                    node: shard.node.clone(),
-                });
+                return Err(DescriptionError::UnknownNode { member, index, node: shard.node.clone() });
             };
             shards_on_node[node] += 1;
             if let Some(&first) = member_index.get(&member) {
-                return Err(DescriptionError::DuplicateMember {
-                    member,
-                    first,
-                    second: index,
-                });
+                return Err(DescriptionError::DuplicateMember { member, first, second: index });
             }
             if shard.weight == 0 {
                 return Err(DescriptionError::ZeroWeight { member, index });
             }
             if shard.weight > MAX_WEIGHT {
-                return Err(DescriptionError::WeightTooLarge {
-                    member,
-                    index,
-                    weight: shard.weight,
-                    max: MAX_WEIGHT,
-                });
+                return Err(DescriptionError::WeightTooLarge { member, index, weight: shard.weight, max: MAX_WEIGHT });
             }
             if shard.tokens.is_empty() {
                 return Err(DescriptionError::NoTokens { member, index });
@@ -439,11 +413,7 @@ impl RingDescription {
             for (token_index, pair) in shard.tokens.windows(2).enumerate() {
                 let (previous, token) = (pair[0], pair[1]);
                 if token == previous {
-                    return Err(DescriptionError::DuplicateToken {
-                        member,
-                        token_index: token_index + 1,
-                        token,
-                    });
+                    return Err(DescriptionError::DuplicateToken { member, token_index: token_index + 1, token });
                 }
                 if token < previous {
                     return Err(DescriptionError::UnsortedTokens {
@@ -458,29 +428,17 @@ impl RingDescription {
             member_index.insert(member, index);
         }
         if tokens_total > MAX_TOKENS_TOTAL {
-            return Err(DescriptionError::TooManyTokensTotal {
-                count: tokens_total,
-                max: MAX_TOKENS_TOTAL,
-            });
+            return Err(DescriptionError::TooManyTokensTotal { count: tokens_total, max: MAX_TOKENS_TOTAL });
         }
         if let Some(index) = shards_on_node.iter().position(|&count| count == 0) {
-            return Err(DescriptionError::NodeWithoutShards {
-                id: self.nodes[index].id.clone(),
-                index,
-            });
+            return Err(DescriptionError::NodeWithoutShards { id: self.nodes[index].id.clone(), index });
         }
 
         // Collisions across members: sort (token, shard, index) triples and
         // compare neighbours. Within a member, order was checked above.
         let mut all: Vec<(u64, usize, usize)> = Vec::with_capacity(tokens_total);
         for (shard_index, shard) in self.shards.iter().enumerate() {
-            all.extend(
-                shard
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(token_index, token)| (token.0, shard_index, token_index)),
-            );
+            all.extend(shard.tokens.iter().enumerate().map(|(token_index, token)| (token.0, shard_index, token_index)));
         }
         all.sort_unstable();
         for pair in all.windows(2) {
@@ -502,10 +460,7 @@ impl RingDescription {
     /// is the very same description. A lower epoch means a stale writer.
     pub fn check_successor_of(&self, current: &RingDescription) -> Result<(), DescriptionError> {
         if self.epoch < current.epoch {
-            return Err(DescriptionError::EpochRegressed {
-                current: current.epoch,
-                proposed: self.epoch,
-            });
+            return Err(DescriptionError::EpochRegressed { current: current.epoch, proposed: self.epoch });
         }
         if self.epoch == current.epoch && self != current {
             return Err(DescriptionError::EpochReused { epoch: self.epoch });
@@ -520,21 +475,14 @@ impl RingDescription {
 
     /// Encodes the description as TOML.
     pub fn to_toml_string(&self) -> Result<String, FileError> {
-        let body = toml::to_string(self).map_err(|e| FileError::Encode {
-            message: e.to_string(),
-        })?;
-        Ok(format!(
-            "# ringkv ring description; see docs/ring.md. Edit with `ringkv ring`.\n{body}"
-        ))
+        let body = toml::to_string(self).map_err(|e| FileError::Encode { message: e.to_string() })?;
+        Ok(format!("# ringkv ring description; see docs/ring.md. Edit with `ringkv ring`.\n{body}"))
     }
 
     /// Reads, parses and validates the description in `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, FileError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| FileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -543,12 +491,7 @@ impl RingDescription {
             path: path.to_owned(),
             message: e.message().to_owned() + &location(text, e.span()),
         })?;
-        description
-            .validate()
-            .map_err(|source| FileError::Invalid {
-                path: path.to_owned(),
-                source,
-            })?;
+        description.validate().map_err(|source| FileError::Invalid { path: path.to_owned(), source })?;
         Ok(description)
     }
 
@@ -558,22 +501,15 @@ impl RingDescription {
     /// durable. A crash leaves either the old file or the new one.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), FileError> {
         let path = path.as_ref();
-        self.validate().map_err(|source| FileError::Invalid {
-            path: path.to_owned(),
-            source,
-        })?;
+        self.validate().map_err(|source| FileError::Invalid { path: path.to_owned(), source })?;
         let text = self.to_toml_string()?;
-        let write_err = |source| FileError::Write {
-            path: path.to_owned(),
-            source,
-        };
+        let write_err = |source| FileError::Write { path: path.to_owned(), source };
         let dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
         };
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| write_err(std::io::Error::other("the path has no file name")))?;
+        let file_name =
+            path.file_name().ok_or_else(|| write_err(std::io::Error::other("the path has no file name")))?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(file_name);
         tmp_name.push(format!(".tmp.{}", std::process::id()));
@@ -602,10 +538,7 @@ impl RingDescription {
 
     /// The address of node `id`, if it is in the ring.
     pub fn address_of(&self, id: &NodeId) -> Option<&str> {
-        self.nodes
-            .iter()
-            .find(|node| &node.id == id)
-            .map(|node| node.address.as_str())
+        self.nodes.iter().find(|node| &node.id == id).map(|node| node.address.as_str())
     }
 }
 

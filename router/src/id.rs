@@ -30,9 +30,7 @@ pub enum IdError {
     },
     /// A node id may only hold ASCII letters, digits, `-`, `_` and `.`, so
     /// that `/` can separate it from a shard index and `=` from an address.
-    #[error(
-        "node id {id:?} holds {ch:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
-    )]
+    #[error("node id {id:?} holds {ch:?}; only ASCII letters, digits, '-', '_' and '.' are allowed")]
     NodeIdInvalidChar {
         /// The offending id.
         id: String,
@@ -69,16 +67,9 @@ impl NodeId {
             return Err(IdError::EmptyNodeId);
         }
         if id.len() > MAX_NODE_ID_BYTES {
-            return Err(IdError::NodeIdTooLong {
-                len_bytes: id.len(),
-                max_bytes: MAX_NODE_ID_BYTES,
-                id,
-            });
+            return Err(IdError::NodeIdTooLong { len_bytes: id.len(), max_bytes: MAX_NODE_ID_BYTES, id });
         }
-        if let Some(ch) = id
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
+        if let Some(ch) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
             return Err(IdError::NodeIdInvalidChar { id, ch });
         }
         Ok(Self(id))
@@ -184,13 +175,10 @@ impl FromStr for Token {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let malformed = || IdError::MalformedToken { text: s.to_owned() };
         let digits = s.strip_prefix("0x").ok_or_else(malformed)?;
-        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(malformed());
         }
-        u64::from_str_radix(digits, 16)
-            .map(Token)
-            .map_err(|_| malformed())
+        u64::from_str_radix(digits, 16).map(Token).map_err(|_| malformed())
     }
 }
 

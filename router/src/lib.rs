@@ -26,9 +26,8 @@ mod ring;
 
 pub use balance::{BalanceReport, KeyBalance, MemberBalance, MAX_SAMPLE_KEYS};
 pub use description::{
-    DescriptionError, FileError, NodeEntry, Placement, RingDescription, ShardEntry, MAX_EPOCH,
-    MAX_MEMBERS, MAX_SHARDS_PER_NODE, MAX_TOKENS_PER_MEMBER, MAX_TOKENS_PER_WEIGHT,
-    MAX_TOKENS_TOTAL, MAX_WEIGHT,
+    DescriptionError, FileError, NodeEntry, Placement, RingDescription, ShardEntry, MAX_EPOCH, MAX_MEMBERS,
+    MAX_SHARDS_PER_NODE, MAX_TOKENS_PER_MEMBER, MAX_TOKENS_PER_WEIGHT, MAX_TOKENS_TOTAL, MAX_WEIGHT,
 };
 pub use id::{IdError, MemberId, NodeId, Token, MAX_NODE_ID_BYTES};
 pub use placement::{ChangeError, InitConfig, BALANCE_TOLERANCE_POINTS};

@@ -27,8 +27,8 @@ use std::ops::Bound;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::description::{
-    DescriptionError, NodeEntry, Placement, RingDescription, ShardEntry, MAX_EPOCH,
-    MAX_SHARDS_PER_NODE, MAX_TOKENS_PER_WEIGHT, MAX_WEIGHT,
+    DescriptionError, NodeEntry, Placement, RingDescription, ShardEntry, MAX_EPOCH, MAX_SHARDS_PER_NODE,
+    MAX_TOKENS_PER_WEIGHT, MAX_WEIGHT,
 };
 use crate::id::{MemberId, NodeId, Token};
 
@@ -57,12 +57,7 @@ pub struct InitConfig {
 
 impl Default for InitConfig {
     fn default() -> Self {
-        Self {
-            nodes: Vec::new(),
-            shards_per_node: 1,
-            tokens_per_weight: 256,
-            placement: Placement::Balanced,
-        }
+        Self { nodes: Vec::new(), shards_per_node: 1, tokens_per_weight: 256, placement: Placement::Balanced }
     }
 }
 
@@ -149,10 +144,7 @@ impl RingDescription {
         }
         check_shards(config.shards_per_node)?;
         if config.tokens_per_weight == 0 || config.tokens_per_weight > MAX_TOKENS_PER_WEIGHT {
-            return Err(ChangeError::TokensOutOfRange {
-                tokens: config.tokens_per_weight,
-                max: MAX_TOKENS_PER_WEIGHT,
-            });
+            return Err(ChangeError::TokensOutOfRange { tokens: config.tokens_per_weight, max: MAX_TOKENS_PER_WEIGHT });
         }
         let mut seen = HashSet::new();
         for (id, _) in &config.nodes {
@@ -160,14 +152,8 @@ impl RingDescription {
                 return Err(ChangeError::NodeExists { id: id.clone() });
             }
         }
-        let nodes: Vec<NodeEntry> = config
-            .nodes
-            .iter()
-            .map(|(id, address)| NodeEntry {
-                id: id.clone(),
-                address: address.clone(),
-            })
-            .collect();
+        let nodes: Vec<NodeEntry> =
+            config.nodes.iter().map(|(id, address)| NodeEntry { id: id.clone(), address: address.clone() }).collect();
         let slots = nodes
             .iter()
             .flat_map(|node| {
@@ -191,13 +177,7 @@ impl RingDescription {
 
     /// Adds node `id` at `address` with `shards` shards (the ring's
     /// `shards_per_node` when `None`), each of weight `weight`.
-    pub fn add_node(
-        &self,
-        id: NodeId,
-        address: String,
-        shards: Option<u32>,
-        weight: u32,
-    ) -> Result<Self, ChangeError> {
+    pub fn add_node(&self, id: NodeId, address: String, shards: Option<u32>, weight: u32) -> Result<Self, ChangeError> {
         if self.nodes.iter().any(|node| node.id == id) {
             return Err(ChangeError::NodeExists { id });
         }
@@ -229,12 +209,7 @@ impl RingDescription {
                 slot.weight = 0;
             }
         }
-        let nodes = self
-            .nodes
-            .iter()
-            .filter(|node| &node.id != id)
-            .cloned()
-            .collect();
+        let nodes = self.nodes.iter().filter(|node| &node.id != id).cloned().collect();
         self.finish(nodes, slots)
     }
 
@@ -246,9 +221,7 @@ impl RingDescription {
         let slot = slots
             .iter_mut()
             .find(|slot| &slot.id == member)
-            .ok_or_else(|| ChangeError::UnknownMember {
-                member: member.clone(),
-            })?;
+            .ok_or_else(|| ChangeError::UnknownMember { member: member.clone() })?;
         slot.weight = weight;
         self.finish(self.nodes.clone(), slots)
     }
@@ -272,10 +245,8 @@ impl RingDescription {
             .checked_add(1)
             .filter(|&epoch| epoch <= MAX_EPOCH)
             .ok_or(ChangeError::EpochExhausted { epoch: self.epoch })?;
-        let total_tokens: u64 = slots
-            .iter()
-            .map(|slot| u64::from(slot.weight) * u64::from(self.tokens_per_weight))
-            .sum();
+        let total_tokens: u64 =
+            slots.iter().map(|slot| u64::from(slot.weight) * u64::from(self.tokens_per_weight)).sum();
         if total_tokens > crate::description::MAX_TOKENS_TOTAL as u64 {
             return Err(DescriptionError::TooManyTokensTotal {
                 count: usize::try_from(total_tokens).unwrap_or(usize::MAX),
@@ -315,20 +286,14 @@ impl RingDescription {
 
 fn check_weight(weight: u32) -> Result<(), ChangeError> {
     if weight == 0 || weight > MAX_WEIGHT {
-        return Err(ChangeError::WeightOutOfRange {
-            weight,
-            max: MAX_WEIGHT,
-        });
+        return Err(ChangeError::WeightOutOfRange { weight, max: MAX_WEIGHT });
     }
     Ok(())
 }
 
 fn check_shards(shards: u32) -> Result<(), ChangeError> {
     if shards == 0 || shards > MAX_SHARDS_PER_NODE {
-        return Err(ChangeError::ShardsOutOfRange {
-            shards,
-            max: MAX_SHARDS_PER_NODE,
-        });
+        return Err(ChangeError::ShardsOutOfRange { shards, max: MAX_SHARDS_PER_NODE });
     }
     Ok(())
 }
@@ -339,10 +304,7 @@ fn check_shards(shards: u32) -> Result<(), ChangeError> {
 pub(crate) fn fair_points(weights: &[u32]) -> Vec<u128> {
     let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
     assert!(total > 0, "a ring must keep at least one weighted member");
-    let mut fair: Vec<u128> = weights
-        .iter()
-        .map(|&w| RING_POINTS * u128::from(w) / total)
-        .collect();
+    let mut fair: Vec<u128> = weights.iter().map(|&w| RING_POINTS * u128::from(w) / total).collect();
     let mut rest = RING_POINTS - fair.iter().sum::<u128>();
     for (share, &weight) in fair.iter_mut().zip(weights) {
         if rest == 0 {
@@ -373,10 +335,7 @@ fn place_balanced(mut slots: Vec<Slot>, tokens_per_weight: u32) -> Vec<Slot> {
         slots[owner].tokens.push(token);
     }
     slots.retain(|slot| {
-        assert!(
-            slot.weight > 0 || slot.tokens.is_empty(),
-            "a leaving member kept tokens"
-        );
+        assert!(slot.weight > 0 || slot.tokens.is_empty(), "a leaving member kept tokens");
         slot.weight > 0
     });
     slots
@@ -395,20 +354,10 @@ fn evenly_spaced(slots: &[Slot], tokens_per_weight: u32) -> BTreeMap<u64, usize>
         let id = slot.id.to_string();
         for k in 0..count {
             let tiebreak = xxh3_64(format!("{id}#{k}").as_bytes());
-            items.push((
-                u128::from(2 * k + 1),
-                u128::from(2 * count),
-                tiebreak,
-                index,
-            ));
+            items.push((u128::from(2 * k + 1), u128::from(2 * count), tiebreak, index));
         }
     }
-    items.sort_by(|a, b| {
-        (a.0 * b.1)
-            .cmp(&(b.0 * a.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
+    items.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
     let total = items.len() as u128;
     items
         .iter()
@@ -458,9 +407,8 @@ fn balance(ring: &mut BTreeMap<u64, usize>, weights: &[u32], tokens_per_weight: 
         own[ring[&token]] += arc_len(ring, token);
     }
     let excess = |own: &[u128], m: usize| own[m] as i128 - fair[m] as i128;
-    let must_give = |own: &[u128], m: usize| {
-        (weights[m] == 0 && own[m] > 0) || excess(own, m) > BALANCE_TOLERANCE_POINTS as i128
-    };
+    let must_give =
+        |own: &[u128], m: usize| (weights[m] == 0 && own[m] > 0) || excess(own, m) > BALANCE_TOLERANCE_POINTS as i128;
 
     // Phase 1: hand whole arcs to a neighbour that is short, merging the two
     // tokens into one. This is what removal mostly does.
@@ -468,11 +416,7 @@ fn balance(ring: &mut BTreeMap<u64, usize>, weights: &[u32], tokens_per_weight: 
         if !must_give(&own, donor) {
             continue;
         }
-        let held: Vec<u64> = ring
-            .iter()
-            .filter(|&(_, &owner)| owner == donor)
-            .map(|(&token, _)| token)
-            .collect();
+        let held: Vec<u64> = ring.iter().filter(|&(_, &owner)| owner == donor).map(|(&token, _)| token).collect();
         for token in held {
             if ring.len() < 2 || !must_give(&own, donor) {
                 break;
@@ -508,10 +452,7 @@ fn balance(ring: &mut BTreeMap<u64, usize>, weights: &[u32], tokens_per_weight: 
     for (&token, &owner) in ring.iter() {
         arcs[owner].insert((arc_len(ring, token), token));
     }
-    let target_tokens: u128 = weights
-        .iter()
-        .map(|&w| u128::from(w) * u128::from(tokens_per_weight))
-        .sum();
+    let target_tokens: u128 = weights.iter().map(|&w| u128::from(w) * u128::from(tokens_per_weight)).sum();
     // Every step exhausts a donor or a receiver, hands over a whole arc, or
     // moves a full target-sized piece; this bounds the loop.
     let max_steps = 4 * (ring.len() as u128 + members as u128 + target_tokens) + 64;
@@ -529,15 +470,9 @@ fn balance(ring: &mut BTreeMap<u64, usize>, weights: &[u32], tokens_per_weight: 
             .expect("a ring keeps at least one weighted member");
         let deficit = -excess(&own, receiver);
         assert!(deficit > 0, "a donor exists, so some member is short");
-        let piece_target = (fair[receiver]
-            / (u128::from(weights[receiver]) * u128::from(tokens_per_weight)))
-        .max(1);
-        let amount = (excess(&own, donor) as u128)
-            .min(deficit as u128)
-            .min(piece_target);
-        let &(len, token) = arcs[donor]
-            .last()
-            .expect("a member above its share owns an arc");
+        let piece_target = (fair[receiver] / (u128::from(weights[receiver]) * u128::from(tokens_per_weight))).max(1);
+        let amount = (excess(&own, donor) as u128).min(deficit as u128).min(piece_target);
+        let &(len, token) = arcs[donor].last().expect("a member above its share owns an arc");
         arcs[donor].remove(&(len, token));
         if amount >= len {
             ring.insert(token, receiver);

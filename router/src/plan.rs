@@ -64,30 +64,19 @@ pub fn plan(old: &Ring, new: &Ring) -> Plan {
     let mut moves: Vec<Move> = Vec::new();
     let mut moved_points = 0_u128;
     for (index, &end) in points.iter().enumerate() {
-        let start = if index == 0 {
-            points[points.len() - 1]
-        } else {
-            points[index - 1]
-        };
+        let start = if index == 0 { points[points.len() - 1] } else { points[index - 1] };
         let from = &old.member(old.owner(end)).id;
         let to = &new.member(new.owner(end)).id;
         if from == to {
             continue;
         }
-        let range = HashRange {
-            start: Token(start),
-            end: Token(end),
-        };
+        let range = HashRange { start: Token(start), end: Token(end) };
         moved_points += range.len_points();
         match moves.last_mut() {
             Some(last) if last.range.end.0 == start && &last.from == from && &last.to == to => {
                 last.range.end = Token(end);
             }
-            _ => moves.push(Move {
-                range,
-                from: from.clone(),
-                to: to.clone(),
-            }),
+            _ => moves.push(Move { range, from: from.clone(), to: to.clone() }),
         }
     }
     // The first and last moves may be one range across the top of the ring.

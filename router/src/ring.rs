@@ -129,19 +129,10 @@ impl Ring {
     /// Validates `description` and compiles it for lookups.
     pub fn new(description: RingDescription) -> Result<Self, DescriptionError> {
         description.validate()?;
-        let nodes: Vec<Node> = description
-            .nodes
-            .iter()
-            .map(|node| Node {
-                id: node.id.clone(),
-                address: node.address.clone(),
-            })
-            .collect();
-        let node_index: HashMap<&NodeId, u32> = nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| (&node.id, index as u32))
-            .collect();
+        let nodes: Vec<Node> =
+            description.nodes.iter().map(|node| Node { id: node.id.clone(), address: node.address.clone() }).collect();
+        let node_index: HashMap<&NodeId, u32> =
+            nodes.iter().enumerate().map(|(index, node)| (&node.id, index as u32)).collect();
         let mut members = Vec::with_capacity(description.shards.len());
         let mut pairs: Vec<(u64, u32)> = Vec::new();
         for (index, shard) in description.shards.iter().enumerate() {
@@ -174,15 +165,7 @@ impl Ring {
         }
         table.push(tokens.len() as u32);
 
-        Ok(Self {
-            description,
-            nodes,
-            members,
-            tokens,
-            owners,
-            table: table.into_boxed_slice(),
-            shift,
-        })
+        Ok(Self { description, nodes, members, tokens, owners, table: table.into_boxed_slice(), shift })
     }
 
     /// The index into [`Ring::tokens`] of the token whose arc holds `hash`.
@@ -267,24 +250,17 @@ impl Ring {
 
     /// Finds a member by id.
     pub fn member_index(&self, id: &MemberId) -> Option<MemberIndex> {
-        self.members
-            .iter()
-            .position(|member| &member.id == id)
-            .map(|index| MemberIndex(index as u32))
+        self.members.iter().position(|member| &member.id == id).map(|index| MemberIndex(index as u32))
     }
 
     /// Finds a node by id.
     pub fn node_index(&self, id: &NodeId) -> Option<NodeIndex> {
-        self.nodes
-            .iter()
-            .position(|node| &node.id == id)
-            .map(|index| NodeIndex(index as u32))
+        self.nodes.iter().position(|node| &node.id == id).map(|index| NodeIndex(index as u32))
     }
 
     /// The address of node `id`, if it is in the ring.
     pub fn address_of(&self, id: &NodeId) -> Option<&str> {
-        self.node_index(id)
-            .map(|index| self.node(index).address.as_str())
+        self.node_index(id).map(|index| self.node(index).address.as_str())
     }
 
     /// The number of tokens on the ring.
@@ -294,10 +270,7 @@ impl Ring {
 
     /// The sorted tokens with their owners.
     pub fn tokens(&self) -> impl Iterator<Item = (u64, MemberIndex)> + '_ {
-        self.tokens
-            .iter()
-            .zip(self.owners.iter())
-            .map(|(&token, &owner)| (token, MemberIndex(owner)))
+        self.tokens.iter().zip(self.owners.iter()).map(|(&token, &owner)| (token, MemberIndex(owner)))
     }
 
     /// The length of the arc ending at `tokens[index]`.
@@ -305,11 +278,7 @@ impl Ring {
         if self.tokens.len() == 1 {
             return RING_POINTS;
         }
-        let previous = if index == 0 {
-            self.tokens[self.tokens.len() - 1]
-        } else {
-            self.tokens[index - 1]
-        };
+        let previous = if index == 0 { self.tokens[self.tokens.len() - 1] } else { self.tokens[index - 1] };
         u128::from(self.tokens[index].wrapping_sub(previous))
     }
 
@@ -393,14 +362,10 @@ impl Ownership {
         let count = arcs.len();
         assert!(count > 0, "ownership of an empty ring");
         // Keep an end only where the next arc (clockwise) has another owner.
-        let ends: Vec<(u64, MemberId)> = (0..count)
-            .filter(|&i| arcs[i].1 != arcs[(i + 1) % count].1)
-            .map(|i| arcs[i].clone())
-            .collect();
+        let ends: Vec<(u64, MemberId)> =
+            (0..count).filter(|&i| arcs[i].1 != arcs[(i + 1) % count].1).map(|i| arcs[i].clone()).collect();
         if ends.is_empty() {
-            return Self {
-                ends: vec![(u64::MAX, arcs[0].1.clone())],
-            };
+            return Self { ends: vec![(u64::MAX, arcs[0].1.clone())] };
         }
         Self { ends }
     }
@@ -411,10 +376,7 @@ impl Ownership {
         (0..count)
             .map(|i| {
                 let start = self.ends[(i + count - 1) % count].0;
-                let range = HashRange {
-                    start: crate::Token(start),
-                    end: crate::Token(self.ends[i].0),
-                };
+                let range = HashRange { start: crate::Token(start), end: crate::Token(self.ends[i].0) };
                 (range, self.ends[i].1.clone())
             })
             .collect()

@@ -9,24 +9,16 @@ use router::{plan, MemberId};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Join {
-        weight: u32,
-    },
-    Remove {
-        pick: prop::sample::Index,
-    },
-    Weight {
-        pick: prop::sample::Index,
-        weight: u32,
-    },
+    Join { weight: u32 },
+    Remove { pick: prop::sample::Index },
+    Weight { pick: prop::sample::Index, weight: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1_u32..3).prop_map(|weight| Op::Join { weight }),
         any::<prop::sample::Index>().prop_map(|pick| Op::Remove { pick }),
-        (any::<prop::sample::Index>(), 1_u32..4)
-            .prop_map(|(pick, weight)| Op::Weight { pick, weight }),
+        (any::<prop::sample::Index>(), 1_u32..4).prop_map(|(pick, weight)| Op::Weight { pick, weight }),
     ]
 }
 

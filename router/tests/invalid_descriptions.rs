@@ -12,18 +12,16 @@ fn invalid_descriptions_are_refused_naming_the_problem() {
     let mut checked = 0;
     for case in CASES.split("\n=== ").skip(1) {
         let (name, rest) = case.split_once('\n').expect("a case has a name line");
-        let (toml, expected) = rest
-            .split_once("--- error\n")
-            .unwrap_or_else(|| panic!("case {name:?} has no `--- error` line"));
+        let (toml, expected) =
+            rest.split_once("--- error\n").unwrap_or_else(|| panic!("case {name:?} has no `--- error` line"));
         let expected = expected.trim();
         match (RingDescription::from_toml_str(toml), expected) {
             (Ok(_), "(none)") => {}
             (Ok(_), _) => panic!("case {name:?}: accepted, expected {expected:?}"),
             (Err(e), "(none)") => panic!("case {name:?}: refused with {e}"),
-            (Err(e), _) => assert!(
-                e.to_string().contains(expected),
-                "case {name:?}: error {e} does not contain {expected:?}"
-            ),
+            (Err(e), _) => {
+                assert!(e.to_string().contains(expected), "case {name:?}: error {e} does not contain {expected:?}")
+            }
         }
         checked += 1;
     }
@@ -42,13 +40,8 @@ fn an_older_epoch_is_refused_as_a_successor() {
     let current = RingDescription::from_toml_str(text).expect("valid");
     let mut stale = current.clone();
     stale.epoch = 0;
-    let error = stale
-        .check_successor_of(&current)
-        .expect_err("a lower epoch must be refused");
-    assert_eq!(
-        error.to_string(),
-        "epoch 0 is lower than the current epoch 1"
-    );
+    let error = stale.check_successor_of(&current).expect_err("a lower epoch must be refused");
+    assert_eq!(error.to_string(), "epoch 0 is lower than the current epoch 1");
 
     let mut reused = current.clone();
     reused.shards[0].weight = 2;

@@ -50,13 +50,7 @@ fn a_key_is_owned_by_the_owner_of_its_hash() {
     let ring = common::balanced(10, 256);
     for i in 0..1000 {
         let key = format!("key:{i}");
-        assert_eq!(
-            ring.owner_of_key(key.as_bytes()),
-            ring.owner(xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
-        );
-        assert_eq!(
-            hash_key(key.as_bytes()),
-            xxhash_rust::xxh3::xxh3_64(key.as_bytes())
-        );
+        assert_eq!(ring.owner_of_key(key.as_bytes()), ring.owner(xxhash_rust::xxh3::xxh3_64(key.as_bytes())));
+        assert_eq!(hash_key(key.as_bytes()), xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
     }
 }

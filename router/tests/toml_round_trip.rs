@@ -51,9 +51,7 @@ fn an_invalid_description_is_not_saved() {
 
     let mut bad = good.clone();
     bad.shards[1].weight = 0;
-    let error = bad
-        .save(&path)
-        .expect_err("an invalid ring must not be saved");
+    let error = bad.save(&path).expect_err("an invalid ring must not be saved");
     assert!(error.to_string().contains("has weight 0"), "{error}");
     assert_eq!(std::fs::read(&path).expect("read"), before);
 }

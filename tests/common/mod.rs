@@ -64,7 +64,8 @@ impl Node {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let ok = rt.block_on(async {
-                let mut c = Client::connect(self.native, ClientConfig { attempts: 1, ..ClientConfig::default() }).await?;
+                let mut c =
+                    Client::connect(self.native, ClientConfig { attempts: 1, ..ClientConfig::default() }).await?;
                 c.ping().await
             });
             match ok {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod ring;
 mod serve;
 
@@ -38,6 +39,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate load against ringkv or any RESP server (an embedded ringkv
+    /// when no server is given) and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Run a ringkv node: one shard per core, native protocol and RESP.
     Serve(serve::ServeArgs),
     /// Plan and edit ring descriptions offline: init, add, remove, show, plan.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Ring(args) => ring::run(args),
     }

@@ -134,9 +134,7 @@ struct PlanArgs {
 }
 
 fn parse_node(text: &str) -> Result<(NodeId, String), String> {
-    let (id, address) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not ID=HOST:PORT"))?;
+    let (id, address) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ID=HOST:PORT"))?;
     if address.trim().is_empty() {
         return Err(format!("node {id:?} has an empty address"));
     }
@@ -153,9 +151,7 @@ pub fn run(args: RingArgs) -> ExitCode {
             ring.add_node(id, address, args.shards, args.weight)
         }),
         RingCommand::Remove(args) => edit(&args.file, |ring| ring.remove_node(&args.node)),
-        RingCommand::Weight(args) => edit(&args.file, |ring| {
-            ring.set_weight(&args.member, args.weight)
-        }),
+        RingCommand::Weight(args) => edit(&args.file, |ring| ring.set_weight(&args.member, args.weight)),
         RingCommand::Show(args) => show(&args),
         RingCommand::Plan(args) => plan_command(&args),
     };
@@ -174,10 +170,7 @@ pub fn run(args: RingArgs) -> ExitCode {
 
 fn init(args: InitArgs) -> Result<String, String> {
     if args.file.exists() && !args.force {
-        return Err(format!(
-            "{} already exists; pass --force to overwrite it",
-            args.file.display()
-        ));
+        return Err(format!("{} already exists; pass --force to overwrite it", args.file.display()));
     }
     let config = InitConfig {
         nodes: args.nodes,
@@ -207,8 +200,7 @@ fn edit(
     let current = RingDescription::load(file).map_err(|e| e.to_string())?;
     let old = Ring::new(current.clone()).map_err(|e| e.to_string())?;
     let next = change(&current).map_err(|e| e.to_string())?;
-    next.check_successor_of(&current)
-        .map_err(|e| e.to_string())?;
+    next.check_successor_of(&current).map_err(|e| e.to_string())?;
     let new = Ring::new(next.clone()).map_err(|e| e.to_string())?;
     let moved = plan(&old, &new).moved_fraction;
     // Another operator may have changed the file meanwhile; writing over
@@ -282,9 +274,7 @@ fn show(args: &ShowArgs) -> Result<String, String> {
             stddev: report.stddev,
             keys: report.keys.as_ref(),
         };
-        return serde_json::to_string(&json)
-            .map(|text| text + "\n")
-            .map_err(|e| e.to_string());
+        return serde_json::to_string(&json).map(|text| text + "\n").map_err(|e| e.to_string());
     }
     Ok(show_table(&ring, &report))
 }
@@ -304,9 +294,7 @@ fn show_table(ring: &Ring, report: &BalanceReport) -> String {
         ring.nodes().len(),
         ring.token_count()
     );
-    let mut header = vec![
-        "member", "address", "weight", "tokens", "share", "fair", "ratio",
-    ];
+    let mut header = vec!["member", "address", "weight", "tokens", "share", "fair", "ratio"];
     if report.keys.is_some() {
         header.push("keys");
     }
@@ -331,11 +319,7 @@ fn show_table(ring: &Ring, report: &BalanceReport) -> String {
         })
         .collect();
     out.push_str(&table(&header, &rows));
-    let _ = write!(
-        out,
-        "max/mean {:.6}, stddev {:.6}",
-        report.max_over_mean, report.stddev
-    );
+    let _ = write!(out, "max/mean {:.6}, stddev {:.6}", report.max_over_mean, report.stddev);
     if let Some(keys) = &report.keys {
         let _ = write!(
             out,
@@ -357,10 +341,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let numeric: Vec<bool> = (0..header.len())
         .map(|column| {
-            rows.iter().all(|row| {
-                row.get(column)
-                    .is_some_and(|cell| cell.trim_end_matches('%').parse::<f64>().is_ok())
-            }) && !rows.is_empty()
+            rows.iter().all(|row| row.get(column).is_some_and(|cell| cell.trim_end_matches('%').parse::<f64>().is_ok()))
+                && !rows.is_empty()
         })
         .collect();
     let mut out = String::new();
@@ -437,9 +419,7 @@ fn plan_command(args: &PlanArgs) -> Result<String, String> {
                 .collect(),
             transfers: plan.transfers(),
         };
-        return serde_json::to_string(&json)
-            .map(|text| text + "\n")
-            .map_err(|e| e.to_string());
+        return serde_json::to_string(&json).map(|text| text + "\n").map_err(|e| e.to_string());
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -454,14 +434,7 @@ fn plan_command(args: &PlanArgs) -> Result<String, String> {
         let rows: Vec<Vec<String>> = plan
             .transfers()
             .into_iter()
-            .map(|t| {
-                vec![
-                    t.from.to_string(),
-                    t.to.to_string(),
-                    percent(t.fraction),
-                    t.ranges.to_string(),
-                ]
-            })
+            .map(|t| vec![t.from.to_string(), t.to.to_string(), percent(t.fraction), t.ranges.to_string()])
             .collect();
         out.push_str(&table(&["from", "to", "moved", "ranges"], &rows));
     }

@@ -6,20 +6,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ringkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringkv"))
-        .arg("ring")
-        .args(args)
-        .output()
-        .expect("the ringkv binary runs")
+    Command::new(env!("CARGO_BIN_EXE_ringkv")).arg("ring").args(args).output().expect("the ringkv binary runs")
 }
 
 fn ok(args: &[&str]) -> String {
     let output = ringkv(args);
-    assert!(
-        output.status.success(),
-        "ringkv ring {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "ringkv ring {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
@@ -74,14 +66,7 @@ fn init_add_remove_show_and_plan() {
     assert_eq!(shown["members"].as_array().expect("members").len(), 4);
     assert!(shown["max_over_mean"].as_f64().expect("number") <= 1.01);
 
-    let plan = json(&[
-        "plan",
-        "--from",
-        v1.to_str().expect("path"),
-        "--to",
-        v2.to_str().expect("path"),
-        "--json",
-    ]);
+    let plan = json(&["plan", "--from", v1.to_str().expect("path"), "--to", v2.to_str().expect("path"), "--json"]);
     assert_eq!(plan["from_epoch"], 1);
     assert_eq!(plan["to_epoch"], 2);
     let moved = plan["moved_fraction"].as_f64().expect("number");
@@ -89,32 +74,19 @@ fn init_add_remove_show_and_plan() {
     for m in plan["moves"].as_array().expect("moves") {
         assert_eq!(m["to"], "n4/0");
     }
-    let transferred: f64 = plan["transfers"]
-        .as_array()
-        .expect("transfers")
-        .iter()
-        .map(|t| t["fraction"].as_f64().expect("number"))
-        .sum();
+    let transferred: f64 =
+        plan["transfers"].as_array().expect("transfers").iter().map(|t| t["fraction"].as_f64().expect("number")).sum();
     assert!((transferred - moved).abs() < 1e-9);
 
     ok(&["remove", "--file", file, "--node", "n2"]);
-    let plan = json(&[
-        "plan",
-        "--from",
-        v2.to_str().expect("path"),
-        "--to",
-        file,
-        "--json",
-    ]);
+    let plan = json(&["plan", "--from", v2.to_str().expect("path"), "--to", file, "--json"]);
     assert_eq!(plan["to_epoch"], 3);
     assert!((plan["moved_fraction"].as_f64().expect("number") - 0.25).abs() < 1e-6);
     for m in plan["moves"].as_array().expect("moves") {
         assert_eq!(m["from"], "n2/0");
     }
 
-    ok(&[
-        "weight", "--file", file, "--member", "n1/0", "--weight", "2",
-    ]);
+    ok(&["weight", "--file", file, "--member", "n1/0", "--weight", "2"]);
     let shown = json(&["show", "--file", file, "--json", "--keys", "0"]);
     assert_eq!(shown["epoch"], 4);
     assert_eq!(shown["members"][0]["weight"], 2);
@@ -131,78 +103,24 @@ fn bad_input_exits_non_zero_and_leaves_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = dir.path().join("ring.toml");
     let file = ring.to_str().expect("utf-8 path");
-    ok(&[
-        "init",
-        "--file",
-        file,
-        "--node",
-        "n1=h:1",
-        "--node",
-        "n2=h:2",
-        "--shards-per-node",
-        "2",
-    ]);
+    ok(&["init", "--file", file, "--node", "n1=h:1", "--node", "n2=h:2", "--shards-per-node", "2"]);
 
-    refused(
-        &["remove", "--file", file, "--node", "n9"],
-        &ring,
-        "node n9 is not in the ring",
-    );
-    refused(
-        &["add", "--file", file, "--node", "n1=h:3"],
-        &ring,
-        "node n1 is already in the ring",
-    );
-    refused(
-        &["add", "--file", file, "--node", "n3=h:3", "--weight", "0"],
-        &ring,
-        "weight 0",
-    );
-    refused(
-        &[
-            "weight", "--file", file, "--member", "n7/0", "--weight", "2",
-        ],
-        &ring,
-        "member n7/0 is not in the ring",
-    );
-    refused(
-        &["init", "--file", file, "--node", "n5=h:5"],
-        &ring,
-        "already exists",
-    );
+    refused(&["remove", "--file", file, "--node", "n9"], &ring, "node n9 is not in the ring");
+    refused(&["add", "--file", file, "--node", "n1=h:3"], &ring, "node n1 is already in the ring");
+    refused(&["add", "--file", file, "--node", "n3=h:3", "--weight", "0"], &ring, "weight 0");
+    refused(&["weight", "--file", file, "--member", "n7/0", "--weight", "2"], &ring, "member n7/0 is not in the ring");
+    refused(&["init", "--file", file, "--node", "n5=h:5"], &ring, "already exists");
     let missing = dir.path().join("missing.toml");
-    refused(
-        &["show", "--file", missing.to_str().expect("path")],
-        &missing,
-        "cannot read",
-    );
-    refused(
-        &[
-            "add",
-            "--file",
-            missing.to_str().expect("path"),
-            "--node",
-            "n3=h:3",
-        ],
-        &missing,
-        "cannot read",
-    );
+    refused(&["show", "--file", missing.to_str().expect("path")], &missing, "cannot read");
+    refused(&["add", "--file", missing.to_str().expect("path"), "--node", "n3=h:3"], &missing, "cannot read");
 
     // A corrupt file is refused, named, and left alone.
     std::fs::write(&ring, "epoch = 1\nnodes = [").expect("write");
-    refused(
-        &["add", "--file", file, "--node", "n3=h:3"],
-        &ring,
-        "cannot parse",
-    );
+    refused(&["add", "--file", file, "--node", "n3=h:3"], &ring, "cannot parse");
 
     // Removing the last node would leave an empty ring.
     let single = dir.path().join("single.toml");
     let single_file = single.to_str().expect("path");
     ok(&["init", "--file", single_file, "--node", "n1=h:1"]);
-    refused(
-        &["remove", "--file", single_file, "--node", "n1"],
-        &single,
-        "last node",
-    );
+    refused(&["remove", "--file", single_file, "--node", "n1"], &single, "last node");
 }

@@ -17,9 +17,7 @@ pub fn balanced(nodes: usize, tokens_per_weight: u32) -> Ring {
 /// A ring of nodes `n1..=n{nodes}`, one shard each.
 pub fn ring(nodes: usize, tokens_per_weight: u32, placement: Placement) -> Ring {
     let config = InitConfig {
-        nodes: (1..=nodes)
-            .map(|i| (node(i), format!("127.0.0.1:{}", 7000 + i)))
-            .collect(),
+        nodes: (1..=nodes).map(|i| (node(i), format!("127.0.0.1:{}", 7000 + i))).collect(),
         shards_per_node: 1,
         tokens_per_weight,
         placement,
