@@ -288,10 +288,13 @@ fn run_measured(args: BenchArgs, workload: Workload, target: Target, addr: Socke
     let results = runner.join().map_err(|_| "load threads panicked".to_string())?;
     let client_cpu = results.client_cpu_seconds;
     let server_after = server_usage(&rt, &target, addr, &args)?;
+    // An external server also counted the first STATS/INFO request, which
+    // asked for the starting figures.
+    let own_requests = u64::from(matches!(target, Target::External { .. }));
     let server = match (server_before, server_after) {
         (Some(b), Some(a)) => Some(ServerUsage {
             cpu_seconds: a.cpu_seconds - b.cpu_seconds,
-            commands: a.commands.saturating_sub(b.commands),
+            commands: a.commands.saturating_sub(b.commands).saturating_sub(own_requests),
         }),
         _ => None,
     };
