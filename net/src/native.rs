@@ -499,6 +499,27 @@ mod tests {
         roundtrip(RequestBody::Auth(Bytes::from_static(b"secret")));
     }
 
+    /// The example in docs/protocol.md, byte for byte.
+    #[test]
+    fn documented_example_bytes() {
+        let mut out = BytesMut::new();
+        put_set(&mut out, 7, b"k", b"v", 0, 0);
+        put_get(&mut out, 8, b"k");
+        let expected: Vec<u8> = [
+            "18 00 00 00 02 00 07 00 00 00 01 00 00 00 6b 01 00 00 00 76 00 00 00 00 00 00 00 00",
+            "0b 00 00 00 01 00 08 00 00 00 01 00 00 00 6b",
+        ]
+        .join(" ")
+        .split(' ')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+        assert_eq!(&out[..], &expected[..]);
+        let mut replies = BytesMut::new();
+        put_response(&mut replies, Status::Ok, 7, |_| {});
+        put_value(&mut replies, 8, Some(b"v"));
+        assert_eq!(&replies[..], &[6, 0, 0, 0, 0, 0, 7, 0, 0, 0, 7, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0x76]);
+    }
+
     #[test]
     fn hostile_frames_are_refused_without_allocating() {
         let limits = Limits::default();
