@@ -101,9 +101,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         }
         let mut wrote = false;
         let mut close = false;
+        let mut commands = 0u64;
         for _ in 0..limits.pipeline_batch_max {
             let Some(job) = proto.parse(&mut inbuf, &shard) else { break };
-            shard.counters().commands.fetch_add(1, Ordering::Relaxed);
+            commands += 1;
             match job {
                 Job::Reply(shape) => emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]),
                 Job::ReplyAndClose(shape) => {
@@ -181,6 +182,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 }
             }
         }
+        shard.counters().commands.fetch_add(commands, Ordering::Relaxed);
         if inbuf.len() > limits.frame_max_bytes + 1024 {
             tracing::info!(?peer, "request larger than the frame limit; closing connection");
             close = true;

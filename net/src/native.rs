@@ -136,6 +136,11 @@ pub enum KeyOpWire {
 }
 
 impl KeyOpWire {
+    /// True when turning this into an operation needs the clock.
+    pub fn needs_clock(&self) -> bool {
+        matches!(self, KeyOpWire::Set { ttl_ms: 1.., .. } | KeyOpWire::Expire { ttl_ms: 1.., .. })
+    }
+
     /// The operation with absolute expiries, for the store.
     pub fn into_op(self, now_ms: u64) -> KeyOp {
         match self {

@@ -61,9 +61,11 @@ impl Protocol for Native {
                 }
             }
         }
-        let now = shard.with_store(|s| s.now_ms());
         Some(match request.body {
-            RequestBody::Key(op) => Job::Key(op.into_op(now), Shape::Key { id }),
+            RequestBody::Key(op) => {
+                let now = if op.needs_clock() { shard.with_store(|s| s.now_ms()) } else { 0 };
+                Job::Key(op.into_op(now), Shape::Key { id })
+            }
             RequestBody::MGet(keys) => {
                 Job::Keys(keys.into_iter().map(|key| KeyOp::Get { key }).collect(), Shape::MGet { id })
             }

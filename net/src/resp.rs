@@ -432,18 +432,27 @@ fn store_error(err: &str) -> String {
 
 impl Resp {
     fn plan(&mut self, args: Vec<Bytes>, shard: &Shard) -> Job<Shape> {
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        // Lower-cased on the stack: every command pays this.
+        let mut lower = [0u8; 24];
+        let raw = &args[0];
+        let name = match lower.get_mut(..raw.len()) {
+            Some(dst) => {
+                dst.iter_mut().zip(raw.iter()).for_each(|(d, s)| *d = s.to_ascii_lowercase());
+                std::str::from_utf8(dst).unwrap_or("")
+            }
+            None => "",
+        };
         let argc = args.len();
         let reply = |shape| Job::Reply(shape);
         if shard.shared.requirepass.is_some()
             && !self.authenticated
-            && !matches!(name.as_str(), "auth" | "hello" | "quit" | "ping")
+            && !matches!(name, "auth" | "hello" | "quit" | "ping")
         {
             return reply(Shape::Error("NOAUTH Authentication required.".into()));
         }
         let now = || shard.with_store(|s| s.now_ms());
         let key = |i: usize| args[i].clone();
-        match name.as_str() {
+        match name {
             "ping" => match argc {
                 1 => reply(Shape::Simple("PONG")),
                 2 => reply(Shape::Bulk(Some(key(1)))),
@@ -513,7 +522,7 @@ impl Resp {
             }
             "expire" | "pexpire" | "expireat" | "pexpireat" if argc == 3 => {
                 let Some(n) = parse_i64(&args[2]) else { return reply(Shape::Error(NOT_INTEGER.into())) };
-                let at_ms = match name.as_str() {
+                let at_ms = match name {
                     "expire" => (now() as i64).saturating_add(n.saturating_mul(1000)),
                     "pexpire" => (now() as i64).saturating_add(n),
                     "expireat" => n.saturating_mul(1000),
@@ -565,8 +574,8 @@ impl Resp {
                     "client",
                     "echo",
                 ];
-                if known.contains(&name.as_str()) {
-                    reply(wrong_args(&name))
+                if known.contains(&name) {
+                    reply(wrong_args(name))
                 } else {
                     let shown: Vec<String> =
                         args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
