@@ -100,8 +100,7 @@ impl Store {
                     self.counters.expired_reclaimed += 1;
                 }
                 let log = &self.log;
-                let key_is_live = self.index.get(hash, |l| log.key_at(l) == Some(key)).is_some();
-                if cur.has_older && !key_is_live {
+                if cur.has_older && self.index.get(hash, |l| log.key_at(l) == Some(key)).is_none() {
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
                     if let Err(err) = self.append(&tomb) {
                         break Err(err);

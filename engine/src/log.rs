@@ -73,10 +73,23 @@ impl Log {
 
     /// The key of the record at `loc`, for index comparisons.
     pub fn key_at(&self, loc: Loc) -> Option<&[u8]> {
+        self.unchecked(loc).map(|v| v.key)
+    }
+
+    /// The record at `loc`, decoded without checking its CRC (for key
+    /// comparisons; check with `RecordView::checksum_ok` before serving).
+    pub fn unchecked(&self, loc: Loc) -> Option<RecordView<'_>> {
         let (slot, offset) = self.split(loc);
         let seg = self.segment(slot)?;
         let bytes = seg.bytes().get(offset..seg.end)?;
-        record::decode(bytes, false).ok().map(|v| v.key)
+        record::decode(bytes, false).ok()
+    }
+
+    /// Logs a record that failed its check on read.
+    pub fn report_damage(&self, loc: Loc) {
+        let (slot, offset) = self.split(loc);
+        let path = self.segment(slot).map(|s| s.path.display().to_string()).unwrap_or_default();
+        tracing::error!(segment = %path, offset, "record failed its check on read; not served");
     }
 
     /// Appends a record at the head, rolling to a new segment when the

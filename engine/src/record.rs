@@ -97,9 +97,19 @@ pub struct RecordView<'a> {
     pub tombstone: bool,
     /// Bytes the record occupies, padding included.
     pub len: usize,
+    /// The checksum as stored, and the bytes it covers, so that a record
+    /// decoded unchecked (to compare keys) can be checked later without
+    /// decoding it again.
+    pub stored_crc: u32,
+    pub covered: &'a [u8],
 }
 
 impl RecordView<'_> {
+    /// True when the stored checksum matches the bytes.
+    pub fn checksum_ok(&self) -> bool {
+        crc32fast::hash(self.covered) == self.stored_crc
+    }
+
     /// True when the record has an expiry at or before `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         matches!(self.expires_at_ms, Some(at) if at <= now_ms)
@@ -154,6 +164,8 @@ pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
         expires_at_ms,
         tombstone: meta & FLAG_TOMBSTONE != 0,
         len: align_up(body_end),
+        stored_crc: stored,
+        covered: &buf[CRC_BYTES..body_end],
     })
 }
 

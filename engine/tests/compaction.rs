@@ -11,6 +11,8 @@ fn config(clock: &Arc<AtomicU64>) -> Config {
     Config {
         segment_size_bytes: 64 << 10,
         fsync: FsyncPolicy::Never,
+        // Low, so that every segment holding garbage is compacted here.
+        compaction_garbage_ratio_min: 0.2,
         clock: Clock::Manual(clock.clone()),
         ..Config::default()
     }

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Side-by-side: ringkv and redis-server in one run, same pinning.
+
+The server runs on CPU 1, the load (`ringkv bench` or redis-benchmark) on
+CPU 0. Work is counted per CPU-second of the server process: utime+stime
+from /proc/PID/stat over the measured run, and operations as the server
+itself counted them (STATS / INFO total_commands_processed).
+
+Usage: python3 benches/compare.py [--seconds 10] [--only NAME] > table.md
+Needs target/release/ringkv (cargo build --release -p ringkv) and
+redis-server, redis-cli, redis-benchmark on PATH.
+"""
+import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+
+BIN = os.environ.get("RINGKV_BIN", "target/release/ringkv")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Server:
+    def __init__(self, kind, args, workdir):
+        self.kind = kind
+        if kind == "ringkv":
+            self.dir = tempfile.mkdtemp(prefix="ringkv-cmp-", dir=workdir)
+            cmd = ["taskset", "-c", "1", BIN, "serve", "--data-dir", self.dir, "--port", "0", "--resp-port", "0",
+                   "--no-pin", "--log-level", "warn"] + args
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            line = self.proc.stdout.readline()
+            f = dict(w.split("=", 1) for w in line.split()[1:])
+            self.native = int(f["native"].rsplit(":", 1)[1])
+            self.resp = int(f["resp"].rsplit(":", 1)[1])
+        else:
+            self.dir = tempfile.mkdtemp(prefix="redis-cmp-", dir=workdir)
+            self.resp = free_port()
+            cmd = ["taskset", "-c", "1", "redis-server", "--port", str(self.resp), "--bind", "127.0.0.1",
+                   "--save", "", "--dir", self.dir, "--logfile", os.path.join(self.dir, "log")] + args
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            out = subprocess.run(["redis-cli", "-p", str(self.resp), "PING"], capture_output=True, text=True).stdout
+            if out.strip() == "PONG":
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"{kind} never answered PING")
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def ringkv_bench(port, protocol, extra, seconds):
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
+        path = t.name
+    cmd = ["taskset", "-c", "0", BIN, "bench", "-s", "127.0.0.1", "-p", str(port), "--protocol", protocol,
+           "--threads", "1", "--test-time", str(seconds), "--json-out", path, "--log-level", "warn"] + extra
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(path) as f:
+        doc = json.load(f)
+    os.unlink(path)
+    return doc
+
+
+def prefill(port, protocol, keys):
+    subprocess.run(["taskset", "-c", "0", BIN, "bench", "-s", "127.0.0.1", "-p", str(port), "--protocol", protocol,
+                    "--key-maximum", str(keys - 1), "--prefill", "--requests", "1", "--clients", "1",
+                    "--log-level", "warn"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(server, run):
+    before = cpu_seconds(server.proc.pid)
+    doc = run()
+    cpu = cpu_seconds(server.proc.pid) - before
+    ops = doc["server"]["commands"] if doc.get("server") else doc["total_operations"]
+    t = doc["operations"]["total"]["latency_ms"]
+    return {"ops": doc["total_operations"], "server_ops": ops, "cpu": cpu, "per_cpu": ops / cpu if cpu else 0,
+            "ops_s": doc["ops_per_sec"], "p50": t["p50"], "p99": t["p99"], "p999": t["p99_9"],
+            "client_us": doc["client"]["cpu_us_per_op"], "errors": doc["total_errors"]}
+
+
+def redis_benchmark(server, port, args):
+    before = cpu_seconds(server.proc.pid)
+    out = subprocess.run(["taskset", "-c", "0", "redis-benchmark", "-p", str(port), "-q"] + args,
+                         capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(server.proc.pid) - before
+    rps = [float(m) for m in re.findall(r"([0-9.]+) requests per second", out)]
+    return {"cpu": cpu, "rps": rps, "raw": out.strip().replace("\n", " | ")}
+
+
+def row(name, server, r):
+    return (f"| {name} | {server} | {r['ops_s']:,.0f} | {r['server_ops']:,} | {r['cpu']:.2f} | "
+            f"**{r['per_cpu']:,.0f}** | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} | {r['client_us']:.2f} | {r['errors']} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    work = os.environ.get("BENCH_DIR", "/work/tmp-bench")
+    os.makedirs(work, exist_ok=True)
+    base = ["--ratio", "1:10", "--data-size", "32", "--key-maximum", str(a.keys - 1), "--clients", "50"]
+    rows = []
+    print("| workload | server | ops/s | ops counted by server | server CPU-s | ops per server CPU-s | p50 ms | p99 ms | p99.9 ms | bench CPU µs/op | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    workloads = [
+        ("no pipelining, 50 conns, 1:10", base + ["--pipeline", "1"], [], []),
+        ("pipeline 16, 50 conns, 1:10", base + ["--pipeline", "16"], [], []),
+    ]
+    for name, extra, rk_flags, redis_flags in workloads:
+        if a.only and a.only not in name:
+            continue
+        for kind in ["redis", "ringkv-resp", "ringkv-native"]:
+            s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
+            try:
+                port, proto = (s.resp, "resp") if kind != "ringkv-native" else (s.native, "native")
+                prefill(port, proto, a.keys)
+                r = measure(s, lambda: ringkv_bench(port, proto, extra, a.seconds))
+                print(row(name, kind, r), flush=True)
+            finally:
+                s.stop()
+    # Two shards: shard-aware clients against clients that do not route.
+    if not a.only or "shards" in a.only:
+        for aware in [True, False]:
+            s = Server("ringkv", ["--shards", "2"], work)
+            try:
+                prefill(s.native, "native", a.keys)
+                extra = base + ["--pipeline", "1"] + ([] if aware else ["--no-shard-aware"])
+                r = measure(s, lambda: ringkv_bench(s.native, "native", extra, a.seconds))
+                print(row("2 shards, " + ("shard-aware" if aware else "not routing"), "ringkv-native", r), flush=True)
+            finally:
+                s.stop()
+    # Durable writes.
+    if not a.only or "durable" in a.only:
+        dur = ["--ratio", "1:0", "--data-size", "32", "--key-maximum", str(a.keys - 1), "--clients", "50", "--pipeline", "1"]
+        for kind, flags, proto in [("redis", ["--appendonly", "yes", "--appendfsync", "always"], "resp"),
+                                   ("ringkv-native", ["--shards", "1", "--fsync", "always"], "native"),
+                                   ("ringkv-resp", ["--shards", "1", "--fsync", "always"], "resp")]:
+            s = Server("redis" if kind == "redis" else "ringkv", flags, work)
+            try:
+                port = s.native if proto == "native" else s.resp
+                r = measure(s, lambda: ringkv_bench(port, proto, dur, a.seconds))
+                print(row("durable SET (fsync always), 50 conns", kind, r), flush=True)
+            finally:
+                s.stop()
+    # redis-benchmark cross-check on the RESP port.
+    if not a.only or "redis-benchmark" in a.only:
+        print()
+        print("| redis-benchmark | server | server CPU-s | SET rps | GET rps | ops per server CPU-s |")
+        print("|---|---|---|---|---|---|")
+        for pipe in ["16", "1"]:
+            n = "2000000" if pipe == "16" else "300000"
+            for kind in ["redis", "ringkv"]:
+                s = Server(kind, ["--shards", "1"] if kind == "ringkv" else [], work)
+                try:
+                    r = redis_benchmark(s, s.resp, ["-t", "set,get", "-P", pipe, "-c", "50", "-d", "32", "-r", "1000000", "-n", n])
+                    ops = 2 * int(n)
+                    print(f"| -t set,get -P {pipe} -c 50 -d 32 -r 1000000 -n {n} | {kind} | {r['cpu']:.2f} | "
+                          f"{r['rps'][0]:,.0f} | {r['rps'][1]:,.0f} | **{ops / r['cpu']:,.0f}** |", flush=True)
+                finally:
+                    s.stop()
+
+
+if __name__ == "__main__":
+    main()
