@@ -9,7 +9,7 @@
 //! version of that key could otherwise come back at the next recovery.
 
 use crate::error::Result;
-use crate::record::RecordSpec;
+use crate::record::{self, RecordSpec};
 use crate::scan::{self, Step};
 use crate::segment::HEADER_BYTES;
 use crate::store::{key_hash, Store};
@@ -62,31 +62,42 @@ impl Store {
                 break Ok(true);
             }
             let end = seg.end;
-            let (offset, len, tombstone, expires_at_ms, key_len) = match scan::next(seg.bytes(), cur.pos, end, true) {
-                Step::Record { offset, view } => {
-                    scratch.clear();
-                    scratch.extend_from_slice(view.key);
-                    scratch.extend_from_slice(view.value);
-                    (offset, view.len, view.tombstone, view.expires_at_ms, view.key.len())
-                }
-                Step::Corrupt { offset, resume } => {
-                    // Damage found at recovery was never indexed, so there
-                    // is nothing live to lose here; `finish_victim` checks.
-                    tracing::warn!(segment = %seg.path.display(), offset, "compaction skips a damaged record");
-                    cur.pos = resume;
-                    continue;
-                }
-                Step::End { .. } => break self.finish_victim(&cur),
-            };
-            let (key, value) = scratch.split_at(key_len);
+            let bytes = seg.bytes();
+            // Records are decoded without their CRC and copied verbatim,
+            // checksum included: a damaged record stays detectably damaged
+            // instead of being laundered under a fresh checksum.
+            let (offset, len, tombstone, expires_at_ms, key_start, key_len) =
+                match bytes.get(cur.pos..end).map(|b| record::decode(b, false)) {
+                    Some(Ok(view)) => {
+                        let start = cur.pos;
+                        scratch.clear();
+                        scratch.extend_from_slice(&bytes[start..start + view.len]);
+                        let key_start = view.key.as_ptr() as usize - bytes[start..].as_ptr() as usize;
+                        (start, view.len, view.tombstone, view.expires_at_ms, key_start, view.key.len())
+                    }
+                    _ => match scan::next(bytes, cur.pos, end, true) {
+                        Step::Corrupt { offset, resume } => {
+                            // Damage found at recovery was never indexed, so
+                            // nothing live is lost here; `finish_victim` checks.
+                            tracing::warn!(segment = %seg.path.display(), offset, "compaction skips a damaged record");
+                            cur.pos = resume;
+                            continue;
+                        }
+                        Step::Record { offset, .. } => {
+                            tracing::error!(segment = %seg.path.display(), offset, "record decodes only when checked");
+                            break Ok(false);
+                        }
+                        Step::End { .. } => break self.finish_victim(&cur),
+                    },
+                };
+            let key = &scratch[key_start..key_start + key_len];
             let hash = key_hash(key) as u32;
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
             if live && expires_at_ms.is_none_or(|at| at > now) {
-                let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
-                match self.append(&spec) {
-                    Ok((to, new_len)) => {
-                        self.log.mark_live(to, new_len);
+                match self.append_raw(&scratch) {
+                    Ok(to) => {
+                        self.log.mark_live(to, len);
                         self.log.mark_dead(here, len);
                         let moved = self.index.relocate(hash, here, to);
                         debug_assert!(moved, "live record is in the index");

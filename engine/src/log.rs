@@ -99,16 +99,26 @@ impl Log {
         if len > self.segment_size() - segment::HEADER_BYTES {
             return Err(Error::ValueTooLarge { len: spec.value.len(), limit: self.segment_size() / 2 });
         }
+        self.append_with(len, |buf| spec.encode_into(buf)).map(|loc| (loc, len))
+    }
+
+    /// Appends an encoded record verbatim (compaction's copies).
+    pub fn append_raw(&mut self, raw: &[u8]) -> Result<Loc> {
+        assert!(raw.len() % RECORD_ALIGN_BYTES == 0 && raw.len() <= self.segment_size() - segment::HEADER_BYTES);
+        self.append_with(raw.len(), |buf| buf.copy_from_slice(raw))
+    }
+
+    fn append_with(&mut self, len: usize, write: impl Fn(&mut [u8])) -> Result<Loc> {
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
-        if let Some(offset) = seg.append(spec) {
-            return Ok((self.loc(active, offset), len));
+        if let Some(offset) = seg.append_with(len, &write) {
+            return Ok(self.loc(active, offset));
         }
         self.roll()?;
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
-        let offset = seg.append(spec).expect("a record that fits an empty segment");
-        Ok((self.loc(active, offset), len))
+        let offset = seg.append_with(len, &write).expect("a record that fits an empty segment");
+        Ok(self.loc(active, offset))
     }
 
     /// Seals the active segment and opens a fresh one.

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use crate::error::{Error, Result};
-use crate::record::RecordSpec;
 
 pub const MAGIC: [u8; 8] = *b"RINGKVSG";
 pub const FORMAT_VERSION: u16 = 1;
@@ -204,16 +203,15 @@ impl Segment {
         &self.map
     }
 
-    /// Appends a record, returning its offset, or `None` when it does not
-    /// fit in the space left.
-    pub fn append(&mut self, spec: &RecordSpec<'_>) -> Option<usize> {
+    /// Appends `len` bytes that `write` fills (a record, encoded in place
+    /// or copied), returning their offset, or `None` when they do not fit.
+    pub fn append_with(&mut self, len: usize, write: impl FnOnce(&mut [u8])) -> Option<usize> {
         assert!(!self.header.sealed, "append to a sealed segment");
-        let len = spec.encoded_len();
         let at = self.end;
         if len > self.map.len() - at {
             return None;
         }
-        spec.encode_into(&mut self.map[at..at + len]);
+        write(&mut self.map[at..at + len]);
         self.end += len;
         Some(at)
     }

@@ -341,10 +341,21 @@ impl Store {
     /// Appends a record; a failed flush while rolling to a new segment
     /// poisons the store.
     pub(crate) fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
-        match self.log.append(spec) {
+        let result = self.log.append(spec);
+        self.poison_on_sync_failure(result)
+    }
+
+    /// Appends an already-encoded record (compaction's copies).
+    pub(crate) fn append_raw(&mut self, raw: &[u8]) -> Result<Loc> {
+        let result = self.log.append_raw(raw);
+        self.poison_on_sync_failure(result)
+    }
+
+    fn poison_on_sync_failure<T>(&mut self, result: Result<T>) -> Result<T> {
+        match result {
             Err(Error::SyncFailed { path, source }) => {
-                tracing::error!(segment = %path.display(), error = %source, "flush failed; store poisoned");
                 let cause = format!("flush of {} failed: {source}", path.display());
+                tracing::error!(%cause, "store poisoned");
                 self.poisoned = Some(cause.clone());
                 Err(Error::Poisoned { cause })
             }
@@ -485,12 +496,8 @@ impl Store {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        if let Err(err) = self.log.roll() {
-            if let Error::SyncFailed { path, source } = &err {
-                self.poisoned = Some(format!("flush of {} failed: {source}", path.display()));
-            }
-            return Err(err);
-        }
+        let rolled = self.log.roll();
+        self.poison_on_sync_failure(rolled)?;
         let floor = self.log.segment(self.log.active).expect("active").header.seq;
         crate::recovery::write_floor(&self.log.dir, floor)?;
         for slot in self.log.by_seq() {
