@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::index::Loc;
 use crate::log::Log;
 use crate::scan::{self, Step};
 use crate::segment::{self, Segment, HEADER_BYTES};
@@ -130,6 +131,16 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     Ok((store, report))
 }
 
+/// A record found by the scan, applied to the index in pass 2.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    hash: u32,
+    loc: Loc,
+    len: u32,
+    /// False for tombstones and records already expired.
+    live: bool,
+}
+
 impl Store {
     fn recover_segment(&mut self, slot: u32, report: &mut RecoveryReport) {
         let Some(seg) = self.log.segment_mut(slot) else { return };
@@ -140,29 +151,22 @@ impl Store {
         let (path, seq) = (seg.path.clone(), seg.header.seq);
         let now = self.now_ms();
         let mut pos = HEADER_BYTES;
+        // Pass 1 reads the segment in order and notes each record; pass 2
+        // applies them to the index sorted by hash, so that the index is
+        // walked in order instead of at random: a cache miss per key
+        // otherwise (the stable sort keeps each key's versions in log order).
+        let mut found: Vec<Found> = Vec::new();
         let cut = loop {
             let seg = self.log.segment(slot).expect("segment being scanned");
             match scan::next(seg.bytes(), pos, limit, sealed) {
                 Step::Record { offset, view } => {
-                    let (len, tombstone, expired) = (view.len, view.tombstone, view.is_expired(now));
-                    let hash = key_hash(view.key) as u32;
-                    let loc = self.log.loc(slot, offset);
-                    let log = &self.log;
-                    let key = view.key;
-                    let prev = if tombstone || expired {
-                        self.index.remove(hash, |l| log.key_at(l) == Some(key))
-                    } else {
-                        self.index.upsert(hash, loc, |l| l != loc && log.key_at(l) == Some(key))
-                    };
-                    if !tombstone && !expired {
-                        self.log.mark_live(loc, len);
-                    }
-                    if let Some(prev) = prev {
-                        let prev_len = self.log.view(prev, false).map_or(0, |v| v.len);
-                        self.log.mark_dead(prev, prev_len);
-                    }
-                    report.records += 1;
-                    pos = offset + len;
+                    found.push(Found {
+                        hash: key_hash(view.key) as u32,
+                        loc: self.log.loc(slot, offset),
+                        len: view.len as u32,
+                        live: !view.tombstone && !view.is_expired(now),
+                    });
+                    pos = offset + view.len;
                 }
                 Step::Corrupt { offset, resume } => {
                     tracing::error!(segment = %path.display(), offset, bytes = resume - offset, "damaged record skipped");
@@ -179,6 +183,22 @@ impl Store {
                 }
             }
         };
+        report.records += found.len() as u64;
+        found.sort_by_key(|f| f.hash);
+        for f in found {
+            let log = &self.log;
+            // Keys are read only when another entry has the same hash.
+            let same_key = |l: Loc| l != f.loc && log.key_at(l).is_some_and(|k| Some(k) == log.key_at(f.loc));
+            let prev =
+                if f.live { self.index.upsert(f.hash, f.loc, same_key) } else { self.index.remove(f.hash, same_key) };
+            if f.live {
+                self.log.mark_live(f.loc, f.len as usize);
+            }
+            if let Some(prev) = prev {
+                let prev_len = self.log.unchecked(prev).map_or(0, |v| v.len);
+                self.log.mark_dead(prev, prev_len);
+            }
+        }
         report.bytes_scanned += (cut - HEADER_BYTES) as u64;
         let seg = self.log.segment_mut(slot).expect("segment being scanned");
         seg.end = cut;

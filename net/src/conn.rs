@@ -28,6 +28,11 @@ pub enum Job<S> {
     Keys(Vec<KeyOp>, S),
     /// One operation on every shard, results in shard order.
     Shards(ShardOp, S),
+    /// One operation on one shard (a SCAN step).
+    Shard(usize, ShardOp, S),
+    /// MSETNX: all pairs written, or none (see `txn`). Later requests of
+    /// the connection wait until it is decided.
+    MSetNx(Vec<(bytes::Bytes, bytes::Bytes)>, S),
 }
 
 /// A protocol: parses requests into jobs and renders their results.
@@ -67,43 +72,53 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut pending: VecDeque<Pending<P::Shape>> = VecDeque::new();
     let limits = shard.shared.limits.clone();
     let mut shutdown = shard.shared.shutdown.subscribe();
+    // Complete requests are still buffered (the last batch stopped early):
+    // serve them before reading, or a client waiting for their replies
+    // would wait forever.
+    let mut resume = false;
     loop {
         if *shutdown.borrow_and_update() {
             break;
         }
-        // Idle connections may wait forever; one holding half a request
-        // may not.
-        let partial_deadline =
-            (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
-        let stalled = async {
-            match partial_deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let read = tokio::select! {
-            r = stream.read_buf(&mut inbuf) => r,
-            _ = shutdown.changed() => break,
-            () = stalled => {
-                tracing::info!(?peer, buffered = inbuf.len(), "client stalled in the middle of a request; closing");
-                break;
-            }
-        };
-        match read {
-            Ok(0) => break,
-            Ok(n) => {
-                shard.counters().bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(err) => {
-                tracing::debug!(?peer, error = %err, "read failed; closing");
-                break;
+        if !resume {
+            // Idle connections may wait forever; one holding half a request
+            // may not.
+            let partial_deadline =
+                (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
+            let stalled = async {
+                match partial_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                r = stream.read_buf(&mut inbuf) => r,
+                _ = shutdown.changed() => break,
+                () = stalled => {
+                    tracing::info!(?peer, buffered = inbuf.len(), "client stalled in the middle of a request; closing");
+                    break;
+                }
+            };
+            match read {
+                Ok(0) => break,
+                Ok(n) => {
+                    shard.counters().bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::debug!(?peer, error = %err, "read failed; closing");
+                    break;
+                }
             }
         }
         let mut wrote = false;
         let mut close = false;
         let mut commands = 0u64;
+        resume = true;
         for _ in 0..limits.pipeline_batch_max {
-            let Some(job) = proto.parse(&mut inbuf, &shard) else { break };
+            let Some(job) = proto.parse(&mut inbuf, &shard) else {
+                resume = false;
+                break;
+            };
             commands += 1;
             match job {
                 Job::Reply(shape) => emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]),
@@ -115,7 +130,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 }
                 Job::Key(op, shape) => {
                     let owner = shard.shared.shard_of(op.key());
-                    if owner == shard.id {
+                    if owner == shard.id && shard.runs_directly() {
                         wrote |= op.is_write();
                         if let KeyOp::Get { key } = &op {
                             if pending.is_empty() {
@@ -149,7 +164,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         if ops.is_empty() {
                             continue;
                         }
-                        if owner == shard.id {
+                        if owner == shard.id && shard.runs_directly() {
                             wrote |= ops.iter().any(KeyOp::is_write);
                             for (op, i) in ops.iter().zip(&positions) {
                                 results[*i] = Some(shard.execute(op));
@@ -179,6 +194,23 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         }
                     }
                     pending.push_back(Pending::Gather { shape, results, waits });
+                }
+                Job::Shard(owner, sop, shape) => {
+                    if owner == shard.id {
+                        wrote |= sop == ShardOp::FlushAll;
+                        let result = shard.with_store(|s| crate::op::execute_shard(s, sop));
+                        emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
+                    } else {
+                        let rx = shard.shared.mailboxes[owner].send(Work::Shard(sop));
+                        pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
+                    }
+                }
+                Job::MSetNx(pairs, shape) => {
+                    let (tx, rx) = oneshot::channel();
+                    tokio::task::spawn_local(crate::txn::msetnx(shard.clone(), pairs, tx));
+                    pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
+                    // Requests after it wait for its answer (resume below).
+                    break;
                 }
             }
         }

@@ -14,6 +14,7 @@ pub mod op;
 pub mod resp;
 pub mod server;
 pub mod shard;
+pub mod txn;
 
 pub use limits::Limits;
 pub use server::{start, ServerConfig, ServerError, ServerHandle};

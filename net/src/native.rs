@@ -354,6 +354,8 @@ pub fn put_result(out: &mut BytesMut, id: u32, result: &OpResult) {
             })
         }),
         OpResult::Stats(_) => put_error(out, id, "stats are not a key result"),
+        // RESP-only operations; the native protocol never asks for them.
+        OpResult::Int(_) | OpResult::Keys { .. } => put_error(out, id, "not a native result"),
         OpResult::Error(message) => put_error(out, id, message),
     }
 }

@@ -1,9 +1,20 @@
 //! Operations a shard executes on its store, whichever protocol asked.
 //! Multi-key requests are split into one operation per key by the
 //! connection, routed to the owning shards, and their results combined.
+//!
+//! Every read-modify-write command (INCRBY, APPEND, SETRANGE, GETDEL,
+//! GETEX) is one [`KeyOp`]: it runs start to finish inside [`execute`] on
+//! the owning shard's thread, so no other operation on that key can come
+//! between its read and its write.
 
 use bytes::Bytes;
 use engine::{Condition, SetExpiry, SetOptions, Store, Ttl};
+
+/// Error texts (without Redis's `ERR ` prefix, which the RESP renderer
+/// adds to every store-side error).
+pub const NOT_INTEGER: &str = "value is not an integer or out of range";
+pub const OVERFLOW: &str = "increment or decrement would overflow";
+pub const STRING_TOO_LONG: &str = "string exceeds maximum allowed size (proto-max-bulk-len)";
 
 /// One operation on one key of one shard.
 #[derive(Debug, Clone)]
@@ -32,6 +43,58 @@ pub enum KeyOp {
     Ttl {
         key: Bytes,
     },
+    /// PERSIST as Redis has it: true only when a key with an expiry lost it
+    /// (`ExpireAt { at_ms: None }` is true for any existing key).
+    Persist {
+        key: Bytes,
+    },
+    /// GETDEL: the value, and the key is gone.
+    GetDel {
+        key: Bytes,
+    },
+    /// GETEX: the value, and its expiry changed as asked.
+    GetEx {
+        key: Bytes,
+        expiry: GetExExpiry,
+    },
+    /// INCR, DECR, INCRBY, DECRBY: the value as a decimal i64 plus `delta`;
+    /// a missing key counts as 0; the expiry is kept.
+    IncrBy {
+        key: Bytes,
+        delta: i64,
+    },
+    /// APPEND: creates the key when missing; the expiry is kept.
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
+    StrLen {
+        key: Bytes,
+    },
+    /// GETRANGE with Redis's index rules (negative counts from the end,
+    /// both ends inclusive).
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    /// SETRANGE: overwrites from `offset`, padding with zero bytes.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+    },
+}
+
+/// What GETEX does to the expiry of a key that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetExExpiry {
+    Leave,
+    Persist,
+    At(u64),
+    /// Redis checks the time only once it found the key: a missing key
+    /// answers nil even when the time is bad. This carries the error text.
+    Invalid(&'static str),
 }
 
 impl KeyOp {
@@ -42,12 +105,35 @@ impl KeyOp {
             | KeyOp::Del { key }
             | KeyOp::Exists { key }
             | KeyOp::ExpireAt { key, .. }
-            | KeyOp::Ttl { key } => key,
+            | KeyOp::Ttl { key }
+            | KeyOp::Persist { key }
+            | KeyOp::GetDel { key }
+            | KeyOp::GetEx { key, .. }
+            | KeyOp::IncrBy { key, .. }
+            | KeyOp::Append { key, .. }
+            | KeyOp::StrLen { key }
+            | KeyOp::GetRange { key, .. }
+            | KeyOp::SetRange { key, .. } => key,
         }
     }
 
     pub fn is_write(&self) -> bool {
-        matches!(self, KeyOp::Set { .. } | KeyOp::Del { .. } | KeyOp::ExpireAt { .. })
+        match self {
+            KeyOp::Set { .. }
+            | KeyOp::Del { .. }
+            | KeyOp::ExpireAt { .. }
+            | KeyOp::Persist { .. }
+            | KeyOp::GetDel { .. }
+            | KeyOp::IncrBy { .. }
+            | KeyOp::Append { .. }
+            | KeyOp::SetRange { .. } => true,
+            KeyOp::GetEx { expiry, .. } => matches!(expiry, GetExExpiry::Persist | GetExExpiry::At(_)),
+            KeyOp::Get { .. }
+            | KeyOp::Exists { .. }
+            | KeyOp::Ttl { .. }
+            | KeyOp::StrLen { .. }
+            | KeyOp::GetRange { .. } => false,
+        }
     }
 }
 
@@ -56,6 +142,15 @@ impl KeyOp {
 pub enum ShardOp {
     Stats,
     FlushAll,
+    /// One SCAN step on this shard: about `count` index entries from the
+    /// engine cursor `cursor`.
+    Scan {
+        cursor: u64,
+        count: usize,
+    },
+    /// Every live key of the shard (KEYS; the pattern is applied by the
+    /// connection, so that this op stays `Copy`).
+    Keys,
 }
 
 /// What an operation gave.
@@ -70,9 +165,40 @@ pub enum OpResult {
     Existed(bool),
     Ttl(Ttl),
     Stats(Box<engine::Stats>),
+    /// INCRBY's new value, APPEND's and SETRANGE's new length, STRLEN.
+    Int(i64),
+    /// SCAN and KEYS: keys, and the engine cursor to continue from (0:
+    /// this shard is done).
+    Keys {
+        keys: Vec<Bytes>,
+        cursor: u64,
+    },
     Done,
-    /// The store refused (poisoned, too large, out of memory).
+    /// The store refused (poisoned, too large, out of memory), or the
+    /// command's own error (not an integer, overflow).
     Error(String),
+}
+
+/// Parses an integer exactly as Redis's `string2ll` does: no sign but
+/// `-`, no leading zeros, no spaces, at most 20 bytes.
+pub fn parse_redis_i64(b: &[u8]) -> Option<i64> {
+    match b {
+        [] => None,
+        [b'0'] => Some(0),
+        _ if b.len() > 20 => None,
+        [b'-', rest @ ..] => match rest.first() {
+            Some(b'1'..=b'9') => rest.iter().try_fold(0i64, |n, &d| {
+                d.is_ascii_digit().then_some(())?;
+                n.checked_mul(10)?.checked_sub(i64::from(d - b'0'))
+            }),
+            _ => None,
+        },
+        [b'1'..=b'9', ..] => b.iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then_some(())?;
+            n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        }),
+        _ => None,
+    }
 }
 
 /// Runs one key operation.
@@ -81,13 +207,97 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
         KeyOp::Get { key } => return OpResult::Value(store.get(key).map(Bytes::copy_from_slice)),
         KeyOp::Exists { key } => return OpResult::Existed(store.exists(key)),
         KeyOp::Ttl { key } => return OpResult::Ttl(store.ttl(key)),
+        KeyOp::StrLen { key } => return OpResult::Int(store.get(key).map_or(0, |v| v.len() as i64)),
+        KeyOp::GetRange { key, start, end } => {
+            let value = store.get(key).unwrap_or_default();
+            return OpResult::Value(Some(Bytes::copy_from_slice(get_range(value, *start, *end))));
+        }
         KeyOp::Set { key, value, expiry, condition, return_old } => store
             .set(key, value, SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old })
             .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) }),
         KeyOp::Del { key } => store.delete(key).map(OpResult::Existed),
         KeyOp::ExpireAt { key, at_ms } => store.expire_at(key, *at_ms).map(OpResult::Existed),
+        KeyOp::Persist { key } => match store.ttl(key) {
+            Ttl::Remaining { .. } => store.expire_at(key, None).map(OpResult::Existed),
+            Ttl::Persistent | Ttl::Missing => Ok(OpResult::Existed(false)),
+        },
+        KeyOp::GetDel { key } => {
+            let Some(value) = store.get(key).map(Bytes::copy_from_slice) else { return OpResult::Value(None) };
+            store.delete(key).map(|_| OpResult::Value(Some(value)))
+        }
+        KeyOp::GetEx { key, expiry } => {
+            let Some(value) = store.get(key).map(Bytes::copy_from_slice) else { return OpResult::Value(None) };
+            let changed = match expiry {
+                GetExExpiry::Leave => Ok(true),
+                GetExExpiry::Invalid(err) => return OpResult::Error((*err).to_string()),
+                GetExExpiry::Persist => store.expire_at(key, None),
+                GetExExpiry::At(at) => store.expire_at(key, Some(*at)),
+            };
+            changed.map(|_| OpResult::Value(Some(value)))
+        }
+        KeyOp::IncrBy { key, delta } => {
+            let current = match store.get(key) {
+                None => 0,
+                Some(v) => match parse_redis_i64(v) {
+                    Some(n) => n,
+                    None => return OpResult::Error(NOT_INTEGER.into()),
+                },
+            };
+            let Some(new) = current.checked_add(*delta) else { return OpResult::Error(OVERFLOW.into()) };
+            let text = itoa::Buffer::new().format(new).as_bytes().to_vec();
+            store.set(key, &text, keep_ttl()).map(|_| OpResult::Int(new))
+        }
+        KeyOp::Append { key, value } => {
+            let old = store.get(key).unwrap_or_default();
+            let total = old.len().saturating_add(value.len());
+            if total > store.value_len_max_bytes() {
+                return OpResult::Error(STRING_TOO_LONG.into());
+            }
+            let mut new = Vec::with_capacity(total);
+            new.extend_from_slice(old);
+            new.extend_from_slice(value);
+            store.set(key, &new, keep_ttl()).map(|_| OpResult::Int(total as i64))
+        }
+        KeyOp::SetRange { key, offset, value } => {
+            let old = store.get(key);
+            if value.is_empty() {
+                // Redis answers the current length and creates nothing.
+                return OpResult::Int(old.map_or(0, |v| v.len() as i64));
+            }
+            let end = usize::try_from(*offset).ok().and_then(|o| o.checked_add(value.len()));
+            let Some(end) = end.filter(|&e| e <= store.value_len_max_bytes()) else {
+                return OpResult::Error(STRING_TOO_LONG.into());
+            };
+            let old = old.unwrap_or_default();
+            let mut new = Vec::with_capacity(old.len().max(end));
+            new.extend_from_slice(old);
+            if new.len() < end {
+                new.resize(end, 0);
+            }
+            new[end - value.len()..end].copy_from_slice(value);
+            let len = new.len() as i64;
+            store.set(key, &new, keep_ttl()).map(|_| OpResult::Int(len))
+        }
     };
     result.unwrap_or_else(|err| OpResult::Error(err.to_string()))
+}
+
+fn keep_ttl() -> SetOptions {
+    SetOptions { expiry: SetExpiry::Keep, condition: Condition::Always, return_old: false }
+}
+
+/// GETRANGE's slice, following Redis 7's `getrangeCommand` step by step.
+pub fn get_range(value: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = value.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return &[];
+    }
+    let start = if start < 0 { len.saturating_add(start) } else { start }.max(0);
+    let end = if end < 0 { len.saturating_add(end) } else { end }.max(0).min(len - 1);
+    if start > end || len == 0 {
+        return &[];
+    }
+    &value[start as usize..=end as usize]
 }
 
 /// Runs one shard-wide operation.
@@ -98,5 +308,47 @@ pub fn execute_shard(store: &mut Store, op: ShardOp) -> OpResult {
             Ok(()) => OpResult::Done,
             Err(err) => OpResult::Error(err.to_string()),
         },
+        ShardOp::Scan { cursor, count } => {
+            let mut keys = Vec::new();
+            let cursor = store.scan(cursor, count, |k| keys.push(Bytes::copy_from_slice(k)));
+            OpResult::Keys { keys, cursor }
+        }
+        ShardOp::Keys => {
+            let mut keys = Vec::new();
+            // One pass with no limit: nothing changes the index meanwhile,
+            // since this runs on the shard's thread start to finish.
+            store.scan(0, usize::MAX, |k| keys.push(Bytes::copy_from_slice(k)));
+            OpResult::Keys { keys, cursor: 0 }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_parse_like_string2ll() {
+        assert_eq!(parse_redis_i64(b"0"), Some(0));
+        assert_eq!(parse_redis_i64(b"-12"), Some(-12));
+        assert_eq!(parse_redis_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_redis_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [&b""[..], b"+1", b"01", b"-0", b" 1", b"1 ", b"9223372036854775808", b"1.0", b"-", b"abc"] {
+            assert_eq!(parse_redis_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn get_range_follows_redis() {
+        let v = b"This is a string";
+        assert_eq!(get_range(v, 0, 3), b"This");
+        assert_eq!(get_range(v, -3, -1), b"ing");
+        assert_eq!(get_range(v, 0, -1), v);
+        assert_eq!(get_range(v, 10, 100), b"string");
+        assert_eq!(get_range(v, -1, -5), b"");
+        assert_eq!(get_range(v, 5, 3), b"");
+        assert_eq!(get_range(b"", 0, -1), b"");
+        assert_eq!(get_range(v, -100, 2), b"Thi");
+        assert_eq!(get_range(v, i64::MIN, i64::MAX), v);
     }
 }

@@ -4,7 +4,7 @@
 //! Replies and error texts follow Redis 7 word for word where clients look
 //! at them (`-ERR wrong number of arguments for 'get' command`, ...).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use engine::{Condition, SetExpiry, Ttl};
@@ -12,7 +12,7 @@ use engine::{Condition, SetExpiry, Ttl};
 use crate::conn::{Job, Protocol};
 use crate::limits::Limits;
 use crate::native_server::{constant_time_eq, stats_text};
-use crate::op::{KeyOp, OpResult, ShardOp};
+use crate::op::{GetExExpiry, KeyOp, OpResult, ShardOp};
 use crate::shard::Shard;
 
 /// Longest inline command line (Redis: 64 KiB).
@@ -266,17 +266,44 @@ pub struct Resp {
     authenticated: bool,
     name: Option<Bytes>,
     id: u64,
+    /// GETs answered straight from the mapping, where no shard is at hand:
+    /// (command, usec), added to the shard's commandstats at the next parse.
+    borrowed_gets: Vec<(u8, u64)>,
 }
 
 impl Resp {
     pub fn new(id: u64) -> Resp {
         Resp { id, ..Resp::default() }
     }
+
+    fn flush_borrowed_gets(&mut self, shard: &Shard) {
+        for (command, usec) in self.borrowed_gets.drain(..) {
+            if let Some(counter) = shard.counters().commandstats.get(usize::from(command)) {
+                counter.calls.fetch_add(1, Ordering::Relaxed);
+                counter.usec.fetch_add(usec, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
-/// How a RESP job's results are rendered.
+/// How a RESP job's results are rendered, and what INFO commandstats
+/// counts for it.
 #[derive(Debug)]
-pub enum Shape {
+pub struct Shape {
+    pub form: Form,
+    /// The command's index in [`COMMANDS`]; `None` for unknown commands
+    /// and protocol errors, which Redis does not count either.
+    command: Option<u8>,
+    /// Refused before running (arity, NOAUTH): `rejected_calls`.
+    rejected: bool,
+    /// When the command was parsed: `usec` counts until its reply is
+    /// rendered (including waits for other shards and group commit).
+    started: std::time::Instant,
+}
+
+/// The reply a RESP command gives.
+#[derive(Debug)]
+pub enum Form {
     Simple(&'static str),
     Error(String),
     Int(i64),
@@ -306,30 +333,183 @@ pub enum Shape {
     },
     DbSize,
     Flushed,
+    /// MSETNX: 1 when every pair was written, 0 when a key existed.
+    MSetNx,
+    /// TYPE: `string` for a key that exists (every value is a string, so
+    /// WRONGTYPE never happens), `none` otherwise.
+    Type,
+    /// INCR and friends, APPEND, SETRANGE, STRLEN: the integer result.
+    Int64,
+    /// GETRANGE: always a bulk string (empty when the key is missing).
+    Range,
+    /// One SCAN step on shard `shard` of `shards`.
+    Scan {
+        shard: usize,
+        shards: usize,
+        pattern: Option<Bytes>,
+        /// `TYPE` asked for something other than `string`.
+        no_keys: bool,
+    },
+    /// KEYS: every shard's keys matching `pattern`.
+    Keys {
+        pattern: Bytes,
+    },
 }
 
-fn wrong_args(name: &str) -> Shape {
-    Shape::Error(format!("ERR wrong number of arguments for '{name}' command"))
+/// Every command this server knows, with Redis's arity (positive: exactly
+/// that many arguments with the name; negative: at least that many). The
+/// index is the command's slot in [`CommandStats`]; hot commands first,
+/// since the name is looked up by a linear search.
+pub const COMMANDS: &[(&str, i32)] = &[
+    ("get", 2),
+    ("set", -3),
+    ("mget", -2),
+    ("mset", -3),
+    ("incr", 2),
+    ("del", -2),
+    ("exists", -2),
+    ("ping", -1),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getset", 3),
+    ("getdel", 2),
+    ("getex", -2),
+    ("msetnx", -3),
+    ("unlink", -2),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("persist", 2),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("type", 2),
+    ("decr", 2),
+    ("incrby", 3),
+    ("decrby", 3),
+    ("append", 3),
+    ("strlen", 2),
+    ("getrange", 4),
+    ("setrange", 4),
+    ("scan", -2),
+    ("keys", 2),
+    ("dbsize", 1),
+    ("flushdb", -1),
+    ("flushall", -1),
+    ("info", -1),
+    ("command", -1),
+    ("config", -2),
+    ("client", -2),
+    ("echo", 2),
+    ("quit", -1),
+    ("select", 2),
+    ("auth", -2),
+    ("hello", -1),
+];
+
+/// Bits of a SCAN cursor that name the shard: `cursor = engine << 10 |
+/// shard`. The engine's cursor has at most 33 bits, so the whole cursor
+/// fits 43 bits; 0 starts (shard 0, engine cursor 0) and ends.
+pub const SCAN_SHARD_BITS: u32 = 10;
+/// SCAN's COUNT when none is given (Redis's default).
+pub const SCAN_DEFAULT_COUNT: usize = 10;
+
+/// INFO commandstats counters of one shard, one slot per [`COMMANDS`]
+/// entry. Only the shard's own thread writes them (relaxed adds on its own
+/// cache lines); INFO on any shard reads them all.
+#[derive(Debug)]
+pub struct CommandStats(Box<[CommandCounter]>);
+
+#[derive(Debug, Default)]
+pub struct CommandCounter {
+    pub calls: AtomicU64,
+    pub usec: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Default for CommandStats {
+    fn default() -> Self {
+        CommandStats(COMMANDS.iter().map(|_| CommandCounter::default()).collect())
+    }
+}
+
+impl CommandStats {
+    pub fn get(&self, command: usize) -> Option<&CommandCounter> {
+        self.0.get(command)
+    }
+}
+
+fn command_index(name: &str) -> Option<usize> {
+    COMMANDS.iter().position(|(n, _)| *n == name)
+}
+
+fn wrong_args(name: &str) -> Form {
+    Form::Error(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
 const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const SYNTAX: &str = "ERR syntax error";
 
+/// Integers in arguments are read as strictly as Redis reads them.
 fn parse_i64(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    crate::op::parse_redis_i64(b)
+}
+
+/// Redis's `invalid expire time in '<name>' command`.
+fn invalid_expire(name: &str) -> Form {
+    Form::Error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+/// An absolute expiry in ms from SET/GETEX's `EX|PX|EXAT|PXAT n`, with
+/// Redis's checks: `n > 0`, and no overflow converting or adding `now`.
+fn expiry_ms(unit: &[u8], n: i64, now: u64) -> Option<u64> {
+    if n <= 0 {
+        return None;
+    }
+    let ms = match unit {
+        b"EX" | b"EXAT" => n.checked_mul(1000)?,
+        _ => n,
+    };
+    let at = match unit {
+        b"EX" | b"PX" => ms.checked_add(i64::try_from(now).ok()?)?,
+        _ => ms,
+    };
+    u64::try_from(at).ok()
+}
+
+impl Shape {
+    fn new(form: Form, command: Option<usize>, rejected: bool) -> Shape {
+        Shape { form, command: command.map(|c| c as u8), rejected, started: std::time::Instant::now() }
+    }
+}
+
+fn wrap(job: Job<Form>, command: Option<usize>, rejected: bool) -> Job<Shape> {
+    let shape = |form| Shape::new(form, command, rejected);
+    match job {
+        Job::Reply(f) => Job::Reply(shape(f)),
+        Job::ReplyAndClose(f) => Job::ReplyAndClose(shape(f)),
+        Job::Key(op, f) => Job::Key(op, shape(f)),
+        Job::Keys(ops, f) => Job::Keys(ops, shape(f)),
+        Job::Shards(op, f) => Job::Shards(op, shape(f)),
+        Job::Shard(i, op, f) => Job::Shard(i, op, shape(f)),
+        Job::MSetNx(pairs, f) => Job::MSetNx(pairs, shape(f)),
+    }
 }
 
 impl Protocol for Resp {
     type Shape = Shape;
 
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
+        self.flush_borrowed_gets(shard);
         let args = match parse_command(buf, &shard.shared.limits) {
             Ok(Some(args)) => args,
             Ok(None) => return None,
             Err(err) => {
                 tracing::info!(error = %err, "bad RESP request; closing connection");
                 buf.clear();
-                return Some(Job::ReplyAndClose(Shape::Error(format!("ERR {err}"))));
+                return Some(Job::ReplyAndClose(Shape::new(Form::Error(format!("ERR {err}")), None, false)));
             }
         };
         if args.is_empty() {
@@ -340,83 +520,149 @@ impl Protocol for Resp {
     }
 
     fn render(&mut self, shape: &Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {
-        if let Some(err) = results.iter().find_map(|r| match r {
-            OpResult::Error(e) => Some(e),
-            _ => None,
-        }) {
-            return put::error(out, &store_error(err));
+        let at = out.len();
+        render_form(&shape.form, results, shard, out);
+        let Some(counter) = shape.command.and_then(|c| shard.counters().commandstats.get(usize::from(c))) else {
+            return;
+        };
+        if shape.rejected {
+            counter.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        match shape {
-            Shape::Simple(s) => put::simple(out, s),
-            Shape::Error(e) => put::error(out, e),
-            Shape::Int(n) => put::int(out, *n),
-            Shape::Bulk(b) => put::opt_bulk(out, b.as_deref()),
-            Shape::Array(items) => {
-                put::array(out, items.len());
-                items.iter().for_each(|i| put::bulk(out, i));
-            }
-            Shape::Value => match results.first() {
-                Some(OpResult::Value(v)) => put::opt_bulk(out, v.as_deref()),
-                Some(OpResult::Set { old, .. }) => put::opt_bulk(out, old.as_deref()),
-                _ => put::nil(out),
-            },
-            Shape::Set { get } => match results.first() {
-                Some(OpResult::Set { old, .. }) if *get => put::opt_bulk(out, old.as_deref()),
-                Some(OpResult::Set { written: true, .. }) => put::simple(out, "OK"),
-                _ => put::nil(out),
-            },
-            Shape::SetNx => {
-                put::int(out, i64::from(matches!(results.first(), Some(OpResult::Set { written: true, .. }))))
-            }
-            Shape::CountExisted => {
-                put::int(out, results.iter().filter(|r| matches!(r, OpResult::Existed(true))).count() as i64)
-            }
-            Shape::Existed => put::int(out, i64::from(matches!(results.first(), Some(OpResult::Existed(true))))),
-            Shape::Ttl { millis } => put::int(
-                out,
-                match results.first() {
-                    Some(OpResult::Ttl(Ttl::Remaining { ms })) => {
-                        if *millis {
-                            *ms as i64
-                        } else {
-                            ms.div_ceil(1000) as i64
-                        }
-                    }
-                    Some(OpResult::Ttl(Ttl::Persistent)) => -1,
-                    _ => -2,
-                },
-            ),
-            Shape::Values => {
-                put::array(out, results.len());
-                for r in results {
-                    match r {
-                        OpResult::Value(v) => put::opt_bulk(out, v.as_deref()),
-                        _ => put::nil(out),
-                    }
-                }
-            }
-            Shape::Ok | Shape::Flushed => put::simple(out, "OK"),
-            Shape::DbSize => put::int(
-                out,
-                results
-                    .iter()
-                    .map(|r| match r {
-                        OpResult::Stats(s) => s.keys as i64,
-                        _ => 0,
-                    })
-                    .sum(),
-            ),
-            Shape::Info { sections } => put::bulk(out, info_text(shard, results, sections).as_bytes()),
+        counter.calls.fetch_add(1, Ordering::Relaxed);
+        counter.usec.fetch_add(shape.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if out.get(at) == Some(&b'-') {
+            counter.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn render_borrowed_get(&mut self, shape: &Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool {
-        match shape {
-            Shape::Value => {
+        match shape.form {
+            Form::Value => {
                 put::opt_bulk(out, value);
+                // Counted on the shard at the next parse (no shard here).
+                if let Some(c) = shape.command {
+                    self.borrowed_gets.push((c, shape.started.elapsed().as_micros() as u64));
+                }
                 true
             }
             _ => false,
+        }
+    }
+}
+
+fn render_form(form: &Form, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {
+    if let Some(err) = results.iter().find_map(|r| match r {
+        OpResult::Error(e) => Some(e),
+        _ => None,
+    }) {
+        return put::error(out, &store_error(err));
+    }
+    match form {
+        Form::Simple(s) => put::simple(out, s),
+        Form::Error(e) => put::error(out, e),
+        Form::Int(n) => put::int(out, *n),
+        Form::Bulk(b) => put::opt_bulk(out, b.as_deref()),
+        Form::Array(items) => {
+            put::array(out, items.len());
+            items.iter().for_each(|i| put::bulk(out, i));
+        }
+        Form::Value => match results.first() {
+            Some(OpResult::Value(v)) => put::opt_bulk(out, v.as_deref()),
+            Some(OpResult::Set { old, .. }) => put::opt_bulk(out, old.as_deref()),
+            _ => put::nil(out),
+        },
+        Form::Set { get } => match results.first() {
+            Some(OpResult::Set { old, .. }) if *get => put::opt_bulk(out, old.as_deref()),
+            Some(OpResult::Set { written: true, .. }) => put::simple(out, "OK"),
+            _ => put::nil(out),
+        },
+        Form::SetNx => put::int(out, i64::from(matches!(results.first(), Some(OpResult::Set { written: true, .. })))),
+        Form::MSetNx => put::int(out, i64::from(matches!(results.first(), Some(OpResult::Existed(false))))),
+        Form::CountExisted => {
+            put::int(out, results.iter().filter(|r| matches!(r, OpResult::Existed(true))).count() as i64)
+        }
+        Form::Existed => put::int(out, i64::from(matches!(results.first(), Some(OpResult::Existed(true))))),
+        Form::Type => {
+            put::simple(out, if matches!(results.first(), Some(OpResult::Existed(true))) { "string" } else { "none" })
+        }
+        Form::Int64 => put::int(
+            out,
+            match results.first() {
+                Some(OpResult::Int(n)) => *n,
+                _ => 0,
+            },
+        ),
+        Form::Range => match results.first() {
+            Some(OpResult::Value(Some(v))) => put::bulk(out, v),
+            _ => put::bulk(out, b""),
+        },
+        Form::Ttl { millis } => put::int(
+            out,
+            match results.first() {
+                Some(OpResult::Ttl(Ttl::Remaining { ms })) => {
+                    if *millis {
+                        *ms as i64
+                    } else {
+                        // Redis rounds to the nearest second.
+                        (ms.saturating_add(500) / 1000) as i64
+                    }
+                }
+                Some(OpResult::Ttl(Ttl::Persistent)) => -1,
+                _ => -2,
+            },
+        ),
+        Form::Values => {
+            put::array(out, results.len());
+            for r in results {
+                match r {
+                    OpResult::Value(v) => put::opt_bulk(out, v.as_deref()),
+                    _ => put::nil(out),
+                }
+            }
+        }
+        Form::Ok | Form::Flushed => put::simple(out, "OK"),
+        Form::DbSize => put::int(
+            out,
+            results
+                .iter()
+                .map(|r| match r {
+                    OpResult::Stats(s) => s.keys as i64,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+        Form::Info { sections } => put::bulk(out, info_text(shard, results, sections).as_bytes()),
+        Form::Scan { shard: at, shards, pattern, no_keys } => {
+            let (keys, engine_cursor) = match results.first() {
+                Some(OpResult::Keys { keys, cursor }) => (&keys[..], *cursor),
+                _ => (&[][..], 0),
+            };
+            let next = if engine_cursor != 0 {
+                (engine_cursor << SCAN_SHARD_BITS) | *at as u64
+            } else if at + 1 < *shards {
+                (*at + 1) as u64
+            } else {
+                0
+            };
+            let matching: Vec<&Bytes> =
+                keys.iter().filter(|k| !*no_keys && pattern.as_ref().is_none_or(|p| glob_match(p, k))).collect();
+            put::array(out, 2);
+            put::bulk(out, itoa::Buffer::new().format(next).as_bytes());
+            put::array(out, matching.len());
+            matching.into_iter().for_each(|k| put::bulk(out, k));
+        }
+        Form::Keys { pattern } => {
+            let matching: Vec<&Bytes> = results
+                .iter()
+                .flat_map(|r| match r {
+                    OpResult::Keys { keys, .. } => &keys[..],
+                    _ => &[][..],
+                })
+                .filter(|k| glob_match(pattern, k))
+                .collect();
+            put::array(out, matching.len());
+            matching.into_iter().for_each(|k| put::bulk(out, k));
         }
     }
 }
@@ -442,160 +688,187 @@ impl Resp {
             }
             None => "",
         };
+        let Some(command) = command_index(name) else {
+            return wrap(Job::Reply(unknown_command(&args)), None, false);
+        };
         let argc = args.len();
-        let reply = |shape| Job::Reply(shape);
+        let arity = COMMANDS[command].1;
+        if (arity > 0 && argc as i32 != arity) || argc < arity.unsigned_abs() as usize {
+            return wrap(Job::Reply(wrong_args(name)), Some(command), true);
+        }
         if shard.shared.requirepass.is_some()
             && !self.authenticated
             && !matches!(name, "auth" | "hello" | "quit" | "ping")
         {
-            return reply(Shape::Error("NOAUTH Authentication required.".into()));
+            return wrap(Job::Reply(Form::Error("NOAUTH Authentication required.".into())), Some(command), true);
         }
+        let job = self.plan_known(name, &args, shard);
+        wrap(job, Some(command), false)
+    }
+
+    /// Plans a known command whose arity has been checked.
+    fn plan_known(&mut self, name: &str, args: &[Bytes], shard: &Shard) -> Job<Form> {
+        let argc = args.len();
+        let reply = |form| Job::Reply(form);
         let now = || shard.with_store(|s| s.now_ms());
         let key = |i: usize| args[i].clone();
         match name {
             "ping" => match argc {
-                1 => reply(Shape::Simple("PONG")),
-                2 => reply(Shape::Bulk(Some(key(1)))),
+                1 => reply(Form::Simple("PONG")),
+                2 => reply(Form::Bulk(Some(key(1)))),
                 _ => reply(wrong_args("ping")),
             },
-            "echo" if argc == 2 => reply(Shape::Bulk(Some(key(1)))),
-            "quit" => Job::ReplyAndClose(Shape::Simple("OK")),
-            "select" if argc == 2 => reply(match parse_i64(&args[1]) {
-                Some(0) => Shape::Simple("OK"),
-                Some(_) => Shape::Error("ERR DB index is out of range".into()),
-                None => Shape::Error(NOT_INTEGER.into()),
+            "echo" => reply(Form::Bulk(Some(key(1)))),
+            "quit" => Job::ReplyAndClose(Form::Simple("OK")),
+            "select" => reply(match parse_i64(&args[1]) {
+                Some(0) => Form::Simple("OK"),
+                Some(_) => Form::Error("ERR DB index is out of range".into()),
+                None => Form::Error(NOT_INTEGER.into()),
             }),
-            "auth" if argc == 2 || argc == 3 => {
+            "auth" if argc <= 3 => {
                 let given = &args[argc - 1];
                 reply(match &shard.shared.requirepass {
-                    None => Shape::Error(
+                    None => Form::Error(
                         "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into(),
                     ),
                     Some(secret) if constant_time_eq(given, secret.as_bytes()) && (argc == 2 || &args[1][..] == b"default") => {
                         self.authenticated = true;
-                        Shape::Simple("OK")
+                        Form::Simple("OK")
                     }
-                    Some(_) => Shape::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
+                    Some(_) => Form::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
                 })
             }
-            "hello" => self.hello(&args, shard),
-            "get" if argc == 2 => Job::Key(KeyOp::Get { key: key(1) }, Shape::Value),
-            "set" if argc >= 3 => self.set(&args, now()),
-            "setnx" if argc == 3 => {
-                Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::IfAbsent, false), Shape::SetNx)
-            }
-            "setex" | "psetex" if argc == 4 => {
-                let unit = if name == "setex" { 1000 } else { 1 };
-                match parse_i64(&args[2]) {
-                    Some(t) if t > 0 => Job::Key(
-                        set_op(
-                            key(1),
-                            key(3),
-                            SetExpiry::At(now().saturating_add((t as u64).saturating_mul(unit))),
-                            Condition::Always,
-                            false,
-                        ),
-                        Shape::Ok,
-                    ),
-                    Some(_) => reply(Shape::Error(format!("ERR invalid expire time in '{name}' command"))),
-                    None => reply(Shape::Error(NOT_INTEGER.into())),
-                }
-            }
-            "getset" if argc == 3 => {
-                Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::Always, true), Shape::Value)
-            }
-            "mget" if argc >= 2 => {
-                Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Shape::Values)
-            }
-            "mset" if argc >= 3 && argc % 2 == 1 => Job::Keys(
+            "auth" => reply(Form::Error(SYNTAX.into())),
+            "hello" => self.hello(args, shard),
+            "get" => Job::Key(KeyOp::Get { key: key(1) }, Form::Value),
+            "set" => self.set(args, now()),
+            "setnx" => Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::IfAbsent, false), Form::SetNx),
+            "setex" | "psetex" => match parse_i64(&args[2]) {
+                Some(t) => match expiry_ms(if name == "setex" { b"EX" } else { b"PX" }, t, now()) {
+                    Some(at) => Job::Key(set_op(key(1), key(3), SetExpiry::At(at), Condition::Always, false), Form::Ok),
+                    None => reply(invalid_expire(name)),
+                },
+                None => reply(Form::Error(NOT_INTEGER.into())),
+            },
+            "getset" => Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::Always, true), Form::Value),
+            "getdel" => Job::Key(KeyOp::GetDel { key: key(1) }, Form::Value),
+            "getex" => self.getex(args, now()),
+            "mget" => Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Form::Values),
+            "mset" | "msetnx" if argc % 2 == 0 => reply(wrong_args(name)),
+            "mset" => Job::Keys(
                 args[1..]
                     .chunks_exact(2)
                     .map(|p| set_op(p[0].clone(), p[1].clone(), SetExpiry::None, Condition::Always, false))
                     .collect(),
-                Shape::Ok,
+                Form::Ok,
             ),
-            "del" | "unlink" if argc >= 2 => {
-                Job::Keys(args[1..].iter().map(|k| KeyOp::Del { key: k.clone() }).collect(), Shape::CountExisted)
+            "msetnx" => {
+                Job::MSetNx(args[1..].chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect(), Form::MSetNx)
             }
-            "exists" if argc >= 2 => {
-                Job::Keys(args[1..].iter().map(|k| KeyOp::Exists { key: k.clone() }).collect(), Shape::CountExisted)
+            "del" | "unlink" => {
+                Job::Keys(args[1..].iter().map(|k| KeyOp::Del { key: k.clone() }).collect(), Form::CountExisted)
             }
-            "expire" | "pexpire" | "expireat" | "pexpireat" if argc == 3 => {
-                let Some(n) = parse_i64(&args[2]) else { return reply(Shape::Error(NOT_INTEGER.into())) };
-                let at_ms = match name {
-                    "expire" => (now() as i64).saturating_add(n.saturating_mul(1000)),
-                    "pexpire" => (now() as i64).saturating_add(n),
-                    "expireat" => n.saturating_mul(1000),
-                    _ => n,
+            "exists" => {
+                Job::Keys(args[1..].iter().map(|k| KeyOp::Exists { key: k.clone() }).collect(), Form::CountExisted)
+            }
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                let Some(n) = parse_i64(&args[2]) else { return reply(Form::Error(NOT_INTEGER.into())) };
+                if let Some(opt) = args.get(3) {
+                    // NX|XX|GT|LT would need the old expiry inside the op.
+                    return reply(Form::Error(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt))));
+                }
+                // Redis: negative times are allowed (they delete); only
+                // overflow is refused.
+                let base = if name == "expire" || name == "pexpire" { now() as i64 } else { 0 };
+                let ms = if name == "expire" || name == "expireat" { n.checked_mul(1000) } else { Some(n) };
+                let Some(at_ms) = ms.and_then(|ms| ms.checked_add(base)) else { return reply(invalid_expire(name)) };
+                Job::Key(KeyOp::ExpireAt { key: key(1), at_ms: Some(at_ms.max(0) as u64) }, Form::Existed)
+            }
+            "persist" => Job::Key(KeyOp::Persist { key: key(1) }, Form::Existed),
+            "ttl" | "pttl" => Job::Key(KeyOp::Ttl { key: key(1) }, Form::Ttl { millis: name == "pttl" }),
+            "type" => Job::Key(KeyOp::Exists { key: key(1) }, Form::Type),
+            "incr" | "decr" | "incrby" | "decrby" => {
+                let delta = match name {
+                    "incr" => 1,
+                    "decr" => -1,
+                    _ => match parse_i64(&args[2]) {
+                        Some(i64::MIN) if name == "decrby" => {
+                            return reply(Form::Error("ERR decrement would overflow".into()))
+                        }
+                        Some(n) if name == "decrby" => -n,
+                        Some(n) => n,
+                        None => return reply(Form::Error(NOT_INTEGER.into())),
+                    },
                 };
-                Job::Key(KeyOp::ExpireAt { key: key(1), at_ms: Some(at_ms.max(0) as u64) }, Shape::Existed)
+                Job::Key(KeyOp::IncrBy { key: key(1), delta }, Form::Int64)
             }
-            "persist" if argc == 2 => Job::Key(KeyOp::ExpireAt { key: key(1), at_ms: None }, Shape::Existed),
-            "ttl" | "pttl" if argc == 2 => Job::Key(KeyOp::Ttl { key: key(1) }, Shape::Ttl { millis: name == "pttl" }),
-            "dbsize" if argc == 1 => Job::Shards(ShardOp::Stats, Shape::DbSize),
-            "flushdb" | "flushall" => Job::Shards(ShardOp::FlushAll, Shape::Flushed),
+            "append" => Job::Key(KeyOp::Append { key: key(1), value: key(2) }, Form::Int64),
+            "strlen" => Job::Key(KeyOp::StrLen { key: key(1) }, Form::Int64),
+            "getrange" => match (parse_i64(&args[2]), parse_i64(&args[3])) {
+                (Some(start), Some(end)) => Job::Key(KeyOp::GetRange { key: key(1), start, end }, Form::Range),
+                _ => reply(Form::Error(NOT_INTEGER.into())),
+            },
+            "setrange" => match parse_i64(&args[2]) {
+                Some(offset) if offset >= 0 => {
+                    Job::Key(KeyOp::SetRange { key: key(1), offset: offset as u64, value: key(3) }, Form::Int64)
+                }
+                Some(_) => reply(Form::Error("ERR offset is out of range".into())),
+                None => reply(Form::Error(NOT_INTEGER.into())),
+            },
+            "scan" => scan(args, shard),
+            "keys" => Job::Shards(ShardOp::Keys, Form::Keys { pattern: key(1) }),
+            "dbsize" => Job::Shards(ShardOp::Stats, Form::DbSize),
+            "flushdb" | "flushall" => Job::Shards(ShardOp::FlushAll, Form::Flushed),
             "info" => Job::Shards(
                 ShardOp::Stats,
-                Shape::Info {
+                Form::Info {
                     sections: args[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect(),
                 },
             ),
-            "command" => reply(Shape::Array(Vec::new())),
+            "command" => reply(Form::Array(Vec::new())),
             "config" if argc >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
-                reply(Shape::Array(config_get(&args[2..], shard)))
+                reply(Form::Array(config_get(&args[2..], shard)))
             }
-            "client" if argc >= 2 => self.client(&args),
-            _ => {
-                let known = [
-                    "ping",
-                    "echo",
-                    "select",
-                    "auth",
-                    "get",
-                    "set",
-                    "setnx",
-                    "setex",
-                    "psetex",
-                    "getset",
-                    "mget",
-                    "mset",
-                    "del",
-                    "unlink",
-                    "exists",
-                    "expire",
-                    "pexpire",
-                    "expireat",
-                    "pexpireat",
-                    "persist",
-                    "ttl",
-                    "pttl",
-                    "dbsize",
-                    "config",
-                    "client",
-                    "echo",
-                ];
-                if known.contains(&name) {
-                    reply(wrong_args(name))
-                } else {
-                    let shown: Vec<String> =
-                        args[1..].iter().take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
-                    reply(Shape::Error(format!(
-                        "ERR unknown command '{}', with args beginning with: {}",
-                        String::from_utf8_lossy(&args[0]),
-                        shown.join(" ")
-                    )))
-                }
-            }
+            "client" => self.client(args),
+            _ => reply(wrong_args(name)),
         }
     }
 
-    fn set(&mut self, args: &[Bytes], now: u64) -> Job<Shape> {
+    /// GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]. Options are
+    /// checked now; the time only when the key exists (as Redis does).
+    fn getex(&mut self, args: &[Bytes], now: u64) -> Job<Form> {
+        let mut expiry = GetExExpiry::Leave;
+        let mut given = false;
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            match opt.as_slice() {
+                b"PERSIST" if !given => expiry = GetExExpiry::Persist,
+                b"EX" | b"PX" | b"EXAT" | b"PXAT" if !given && i + 1 < args.len() => {
+                    i += 1;
+                    expiry = match parse_i64(&args[i]) {
+                        None => GetExExpiry::Invalid(crate::op::NOT_INTEGER),
+                        Some(n) => match expiry_ms(&opt, n, now) {
+                            Some(at) => GetExExpiry::At(at),
+                            None => GetExExpiry::Invalid("invalid expire time in 'getex' command"),
+                        },
+                    };
+                }
+                _ => return Job::Reply(Form::Error(SYNTAX.into())),
+            }
+            given = true;
+            i += 1;
+        }
+        Job::Key(KeyOp::GetEx { key: args[1].clone(), expiry }, Form::Value)
+    }
+
+    fn set(&mut self, args: &[Bytes], now: u64) -> Job<Form> {
         let mut expiry = SetExpiry::None;
         let mut condition = Condition::Always;
         let mut get = false;
         let mut expiry_given = false;
         let mut i = 3;
-        let syntax = || Job::Reply(Shape::Error(SYNTAX.into()));
+        let syntax = || Job::Reply(Form::Error(SYNTAX.into()));
         while i < args.len() {
             let opt = args[i].to_ascii_uppercase();
             match opt.as_slice() {
@@ -607,17 +880,9 @@ impl Resp {
                     expiry_given = true;
                 }
                 b"EX" | b"PX" | b"EXAT" | b"PXAT" if !expiry_given && i + 1 < args.len() => {
-                    let Some(n) = parse_i64(&args[i + 1]) else { return Job::Reply(Shape::Error(NOT_INTEGER.into())) };
-                    if n <= 0 {
-                        return Job::Reply(Shape::Error("ERR invalid expire time in 'set' command".into()));
-                    }
-                    let n = n as u64;
-                    expiry = SetExpiry::At(match opt.as_slice() {
-                        b"EX" => now.saturating_add(n.saturating_mul(1000)),
-                        b"PX" => now.saturating_add(n),
-                        b"EXAT" => n.saturating_mul(1000),
-                        _ => n,
-                    });
+                    let Some(n) = parse_i64(&args[i + 1]) else { return Job::Reply(Form::Error(NOT_INTEGER.into())) };
+                    let Some(at) = expiry_ms(&opt, n, now) else { return Job::Reply(invalid_expire("set")) };
+                    expiry = SetExpiry::At(at);
                     expiry_given = true;
                     i += 1;
                 }
@@ -625,15 +890,15 @@ impl Resp {
             }
             i += 1;
         }
-        Job::Key(set_op(args[1].clone(), args[2].clone(), expiry, condition, get), Shape::Set { get })
+        Job::Key(set_op(args[1].clone(), args[2].clone(), expiry, condition, get), Form::Set { get })
     }
 
-    fn hello(&mut self, args: &[Bytes], shard: &Shard) -> Job<Shape> {
+    fn hello(&mut self, args: &[Bytes], shard: &Shard) -> Job<Form> {
         if let Some(version) = args.get(1) {
             match parse_i64(version) {
                 Some(2) => {}
-                Some(3) => return Job::Reply(Shape::Error("NOPROTO unsupported protocol version".into())),
-                _ => return Job::Reply(Shape::Error("NOPROTO unsupported protocol version".into())),
+                Some(3) => return Job::Reply(Form::Error("NOPROTO unsupported protocol version".into())),
+                _ => return Job::Reply(Form::Error("NOPROTO unsupported protocol version".into())),
             }
         }
         let mut i = 2;
@@ -644,7 +909,7 @@ impl Resp {
                     let ok =
                         shard.shared.requirepass.as_ref().is_some_and(|s| constant_time_eq(&args[i + 2], s.as_bytes()));
                     if !ok {
-                        return Job::Reply(Shape::Error(
+                        return Job::Reply(Form::Error(
                             "WRONGPASS invalid username-password pair or user is disabled.".into(),
                         ));
                     }
@@ -655,11 +920,11 @@ impl Resp {
                     self.name = Some(args[i + 1].clone());
                     i += 2;
                 }
-                _ => return Job::Reply(Shape::Error(SYNTAX.into())),
+                _ => return Job::Reply(Form::Error(SYNTAX.into())),
             }
         }
         if shard.shared.requirepass.is_some() && !self.authenticated {
-            return Job::Reply(Shape::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
+            return Job::Reply(Form::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
         }
         // HELLO's reply is a map; in RESP2 a flat array of pairs.
         let pairs: Vec<Bytes> = [
@@ -673,25 +938,80 @@ impl Resp {
         .into_iter()
         .flat_map(|(k, v)| [Bytes::from(k), Bytes::from(v)])
         .collect();
-        Job::Reply(Shape::Array(pairs))
+        Job::Reply(Form::Array(pairs))
     }
 
-    fn client(&mut self, args: &[Bytes]) -> Job<Shape> {
+    fn client(&mut self, args: &[Bytes]) -> Job<Form> {
         let sub = args[1].to_ascii_lowercase();
         Job::Reply(match (sub.as_slice(), args.len()) {
             (b"setname", 3) => {
                 self.name = Some(args[2].clone());
-                Shape::Simple("OK")
+                Form::Simple("OK")
             }
-            (b"getname", 2) => Shape::Bulk(self.name.clone()),
-            (b"id", 2) => Shape::Int(self.id as i64),
-            (b"setinfo", 4) => Shape::Simple("OK"),
-            _ => Shape::Error(format!(
+            (b"getname", 2) => Form::Bulk(self.name.clone()),
+            (b"id", 2) => Form::Int(self.id as i64),
+            (b"setinfo", 4) => Form::Simple("OK"),
+            _ => Form::Error(format!(
                 "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
                 String::from_utf8_lossy(&args[1])
             )),
         })
     }
+}
+
+/// Redis's unknown-command error, word for word: each argument quoted
+/// and followed by a space, until the list reaches 128 bytes.
+fn unknown_command(args: &[Bytes]) -> Form {
+    let mut shown = String::new();
+    for a in &args[1..] {
+        if shown.len() >= 128 {
+            break;
+        }
+        let room = 128 - shown.len();
+        shown.push_str(&format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(room)])));
+    }
+    let name = &args[0][..args[0].len().min(128)];
+    let text = format!("ERR unknown command '{}', with args beginning with: {shown}", String::from_utf8_lossy(name));
+    // An error reply is one line.
+    Form::Error(text.replace(['\r', '\n'], " "))
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: one step on the shard
+/// the cursor names (see [`SCAN_SHARD_BITS`]).
+fn scan(args: &[Bytes], shard: &Shard) -> Job<Form> {
+    let error = |e: &str| Job::Reply(Form::Error(e.into()));
+    let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
+        return error("ERR invalid cursor");
+    };
+    let mut pattern = None;
+    let mut count = SCAN_DEFAULT_COUNT;
+    let mut no_keys = false;
+    let mut i = 2;
+    while i < args.len() {
+        let Some(value) = args.get(i + 1) else { return error(SYNTAX) };
+        match args[i].to_ascii_lowercase().as_slice() {
+            b"match" => pattern = (&value[..] != b"*").then(|| value.clone()),
+            b"count" => match parse_i64(value) {
+                Some(n) if n >= 1 => count = n as usize,
+                Some(_) => return error(SYNTAX),
+                None => return error(NOT_INTEGER),
+            },
+            b"type" => no_keys = !value.eq_ignore_ascii_case(b"string"),
+            _ => return error(SYNTAX),
+        }
+        i += 2;
+    }
+    let shards = shard.shared.mailboxes.len();
+    let at = (cursor & ((1 << SCAN_SHARD_BITS) - 1)) as usize;
+    if shards > 1 << SCAN_SHARD_BITS || at >= shards {
+        // Not a cursor this server gave out: the iteration is over.
+        return Job::Reply(Form::Scan { shard: shards, shards, pattern: None, no_keys: true });
+    }
+    Job::Shard(
+        at,
+        ShardOp::Scan { cursor: cursor >> SCAN_SHARD_BITS, count },
+        Form::Scan { shard: at, shards, pattern, no_keys },
+    )
 }
 
 fn set_op(key: Bytes, value: Bytes, expiry: SetExpiry, condition: Condition, return_old: bool) -> KeyOp {
@@ -814,7 +1134,25 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
             out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
         }
     }
-    let _ = shard.counters().commands.load(Ordering::Relaxed);
+    // Not in the default set, as in Redis: only when named, or all.
+    if sections.iter().any(|s| s == "commandstats" || s == "all" || s == "everything") {
+        out.push_str("# Commandstats\r\n");
+        for (i, (name, _)) in COMMANDS.iter().enumerate() {
+            let sum = |f: fn(&CommandCounter) -> &AtomicU64| -> u64 {
+                shared.counters.iter().filter_map(|c| c.commandstats.get(i)).map(|c| f(c).load(Ordering::Relaxed)).sum()
+            };
+            let (calls, usec, rejected, failed) =
+                (sum(|c| &c.calls), sum(|c| &c.usec), sum(|c| &c.rejected), sum(|c| &c.failed));
+            if calls + rejected + failed == 0 {
+                continue;
+            }
+            let per_call = if calls == 0 { 0.0 } else { usec as f64 / calls as f64 };
+            out.push_str(&format!(
+                "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2},rejected_calls={rejected},failed_calls={failed}\r\n"
+            ));
+        }
+        out.push_str("\r\n");
+    }
     out
 }
 

@@ -24,6 +24,8 @@ use crate::op::{self, KeyOp, OpResult, ShardOp};
 pub enum Work {
     Keys(Vec<KeyOp>),
     Shard(ShardOp),
+    /// A step of a cross-shard MSETNX (see `txn`).
+    Txn(crate::txn::TxnStep),
 }
 
 /// A request from another shard and where its answer goes.
@@ -62,6 +64,8 @@ pub struct ShardCounters {
     pub cross_shard_hops: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// INFO commandstats, counted by the connection's shard.
+    pub commandstats: crate::resp::CommandStats,
 }
 
 /// What all shards of a server share (read-only after start, or atomics).
@@ -112,6 +116,8 @@ pub struct Shard {
     /// Live connections on this shard.
     pub connections: Cell<usize>,
     pub connections_done: Notify,
+    /// MSETNX reservations on this shard and the requests parked on them.
+    pub reservations: RefCell<crate::txn::Reservations>,
 }
 
 impl Shard {
@@ -126,6 +132,7 @@ impl Shard {
             failed: Cell::new(false),
             connections: Cell::new(0),
             connections_done: Notify::new(),
+            reservations: RefCell::new(crate::txn::Reservations::default()),
         }
     }
 
@@ -138,6 +145,12 @@ impl Shard {
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         let mut store = self.store.borrow_mut();
         f(store.as_mut().expect("store is open while connections run"))
+    }
+
+    /// Whether requests may run directly: no MSETNX holds a reservation
+    /// here (otherwise they go through the inbox, which parks them).
+    pub fn runs_directly(&self) -> bool {
+        self.reservations.borrow().is_idle()
     }
 
     pub fn execute(&self, op: &KeyOp) -> OpResult {
@@ -189,17 +202,9 @@ impl Shard {
             let mut wrote = false;
             // Bounded per turn so that this shard's own connections run too.
             for envelope in rx.try_iter().take(4096) {
-                let results = match &envelope.work {
-                    Work::Keys(ops) => {
-                        wrote |= ops.iter().any(KeyOp::is_write);
-                        self.with_store(|s| ops.iter().map(|o| op::execute(s, o)).collect())
-                    }
-                    Work::Shard(sop) => {
-                        wrote |= *sop == ShardOp::FlushAll;
-                        vec![self.with_store(|s| op::execute_shard(s, *sop))]
-                    }
-                };
-                batch.push((results, envelope.reply));
+                // Executes, or parks the envelope while it touches a key an
+                // MSETNX has reserved (then it runs after the commit).
+                crate::txn::run_envelope(&self, envelope, &mut wrote, &mut batch);
             }
             if !rx.is_empty() {
                 wake.notify_one();

@@ -1,0 +1,260 @@
+//! MSETNX across shards, all or nothing, with no lock shared between
+//! shards: a two-phase exchange through the shard inboxes.
+//!
+//! 1. **Prepare**, one owning shard at a time in shard order: the shard
+//!    checks that its keys are absent and not reserved, then *reserves*
+//!    them and keeps their values. A prepare that meets a key reserved by
+//!    another MSETNX waits (parked) until that one commits or aborts.
+//! 2. **Commit** (every shard said absent) writes the kept values and
+//!    releases the reservations; **Abort** only releases them.
+//!
+//! While a key is reserved, every other request that touches it, read or
+//! write, is parked on its shard and runs right after the commit or abort,
+//! in arrival order. So no one sees the new keys on one shard and not yet
+//! on another, and no write slips between the check and the write.
+//! Prepares go in shard order, so a chain of waiting MSETNXs always waits
+//! on higher shard indexes: no cycle, no deadlock.
+//!
+//! The normal request path pays one `is_empty` check: a shard with no
+//! reservation executes local requests directly, as before; a shard with
+//! some sends its own connections' requests through its own inbox, where
+//! the parking happens.
+//!
+//! A key owned by a single shard needs no exchange: one `Apply` step checks
+//! and writes in one go on the shard's thread.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::{Condition, SetExpiry, SetOptions};
+use tokio::sync::oneshot;
+
+use crate::op::{self, KeyOp, OpResult, ShardOp};
+use crate::shard::{Envelope, Shard, Work};
+
+/// A step of an MSETNX, executed by the owning shard.
+#[derive(Debug)]
+pub enum TxnStep {
+    /// Reserve these keys for `txn` if all are absent; answers
+    /// `Existed(true)` when one exists (nothing reserved).
+    Prepare { txn: u64, pairs: Vec<(Bytes, Bytes)> },
+    /// Write what `txn` reserved here and release it.
+    Commit { txn: u64 },
+    /// Release what `txn` reserved here.
+    Abort { txn: u64 },
+    /// Single-shard MSETNX: check and write in one step.
+    Apply { pairs: Vec<(Bytes, Bytes)> },
+}
+
+/// One shard's reservations and the requests waiting on them.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    /// Reserved key to the MSETNX holding it.
+    held: HashMap<Bytes, u64>,
+    /// What each prepared MSETNX will write here.
+    values: HashMap<u64, Vec<(Bytes, Bytes)>>,
+    /// Envelopes that touch a reserved key, in arrival order.
+    parked: VecDeque<Envelope>,
+    /// Numbers this shard's MSETNXs (the shard id is in the low bits).
+    next_txn: u64,
+}
+
+/// Most envelopes parked on one shard; more means a coordinator is gone
+/// for good, and the newest are refused rather than kept forever.
+pub const PARKED_MAX: usize = 1 << 16;
+
+impl Reservations {
+    /// No reservation: requests may run directly.
+    pub fn is_idle(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Whether `work` must wait for a reservation to end.
+    fn blocks(&self, work: &Work) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        match work {
+            Work::Keys(ops) => ops.iter().any(|o| self.held.contains_key(o.key())),
+            Work::Shard(_) => false,
+            Work::Txn(TxnStep::Prepare { txn, pairs }) => {
+                pairs.iter().any(|(k, _)| self.held.get(k).is_some_and(|holder| holder != txn))
+            }
+            Work::Txn(TxnStep::Apply { pairs }) => pairs.iter().any(|(k, _)| self.held.contains_key(k)),
+            Work::Txn(TxnStep::Commit { .. } | TxnStep::Abort { .. }) => false,
+        }
+    }
+
+    fn release(&mut self, txn: u64) -> Option<Vec<(Bytes, Bytes)>> {
+        self.held.retain(|_, holder| *holder != txn);
+        self.values.remove(&txn)
+    }
+}
+
+/// Runs (or parks) one envelope on `shard`'s thread; what ran goes into
+/// `done` to be answered after the batch is durable. A commit or abort
+/// runs the envelopes that waited on it.
+pub fn run_envelope(
+    shard: &Shard,
+    envelope: Envelope,
+    wrote: &mut bool,
+    done: &mut Vec<(Vec<OpResult>, oneshot::Sender<Vec<OpResult>>)>,
+) {
+    let mut released = false;
+    {
+        let mut res = shard.reservations.borrow_mut();
+        if res.blocks(&envelope.work) {
+            if res.parked.len() >= PARKED_MAX {
+                tracing::error!(shard = shard.id, "too many requests waiting on MSETNX reservations; refusing");
+                let _ = envelope.reply.send(vec![OpResult::Error("MSETNX reservations stuck".into())]);
+            } else {
+                res.parked.push_back(envelope);
+            }
+            return;
+        }
+    }
+    let results = match &envelope.work {
+        Work::Keys(ops) => {
+            *wrote |= ops.iter().any(KeyOp::is_write);
+            shard.with_store(|s| ops.iter().map(|o| op::execute(s, o)).collect())
+        }
+        Work::Shard(sop) => {
+            *wrote |= *sop == ShardOp::FlushAll;
+            vec![shard.with_store(|s| op::execute_shard(s, *sop))]
+        }
+        Work::Txn(step) => {
+            let (result, wrote_here, released_here) = run_step(shard, step);
+            *wrote |= wrote_here;
+            released = released_here;
+            vec![result]
+        }
+    };
+    done.push((results, envelope.reply));
+    if released {
+        let parked = std::mem::take(&mut shard.reservations.borrow_mut().parked);
+        for envelope in parked {
+            run_envelope(shard, envelope, wrote, done);
+        }
+    }
+}
+
+/// Executes one MSETNX step: (result, wrote, released reservations).
+fn run_step(shard: &Shard, step: &TxnStep) -> (OpResult, bool, bool) {
+    let set = SetOptions { expiry: SetExpiry::None, condition: Condition::Always, return_old: false };
+    match step {
+        TxnStep::Prepare { txn, pairs } => {
+            if let Some(err) = shard.with_store(|s| refuse(s, pairs)) {
+                return (err, false, false);
+            }
+            let exists = shard.with_store(|s| pairs.iter().any(|(k, _)| s.exists(k)));
+            if !exists {
+                let mut res = shard.reservations.borrow_mut();
+                for (k, _) in pairs {
+                    res.held.insert(k.clone(), *txn);
+                }
+                res.values.insert(*txn, pairs.clone());
+            }
+            (OpResult::Existed(exists), false, false)
+        }
+        TxnStep::Commit { txn } => {
+            let pairs = shard.reservations.borrow_mut().release(*txn).unwrap_or_default();
+            // Checked at prepare; a store that fails now (poisoned, full)
+            // is the one case that leaves a partial MSETNX.
+            let result = shard.with_store(|s| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| s.set(k, v, set))
+                    .find_map(Result::err)
+                    .map_or(OpResult::Done, |e| OpResult::Error(e.to_string()))
+            });
+            (result, !pairs.is_empty(), true)
+        }
+        TxnStep::Abort { txn } => {
+            shard.reservations.borrow_mut().release(*txn);
+            (OpResult::Done, false, true)
+        }
+        TxnStep::Apply { pairs } => {
+            if let Some(err) = shard.with_store(|s| refuse(s, pairs)) {
+                return (err, false, false);
+            }
+            let result = shard.with_store(|s| {
+                if pairs.iter().any(|(k, _)| s.exists(k)) {
+                    return OpResult::Existed(true);
+                }
+                pairs
+                    .iter()
+                    .map(|(k, v)| s.set(k, v, set))
+                    .find_map(Result::err)
+                    .map_or(OpResult::Existed(false), |e| OpResult::Error(e.to_string()))
+            });
+            let wrote = matches!(result, OpResult::Existed(false));
+            (result, wrote, false)
+        }
+    }
+}
+
+/// Refuses up front what the store would refuse at commit time.
+fn refuse(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
+    let value_max = store.value_len_max_bytes();
+    pairs.iter().find_map(|(k, v)| {
+        if k.len() > engine::record::KEY_LEN_MAX_BYTES {
+            Some(OpResult::Error(
+                engine::Error::KeyTooLarge { len: k.len(), limit: engine::record::KEY_LEN_MAX_BYTES }.to_string(),
+            ))
+        } else if v.len() > value_max {
+            Some(OpResult::Error(engine::Error::ValueTooLarge { len: v.len(), limit: value_max }.to_string()))
+        } else {
+            None
+        }
+    })
+}
+
+/// Coordinates one MSETNX from the connection's shard and sends the
+/// result (`Existed(false)`: written, `Existed(true)`: a key existed) on
+/// `reply`. Runs as its own task so the connection only awaits `reply`.
+pub async fn msetnx(shard: Rc<Shard>, pairs: Vec<(Bytes, Bytes)>, reply: oneshot::Sender<Vec<OpResult>>) {
+    let mut groups: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+    for (k, v) in pairs {
+        groups.entry(shard.shared.shard_of(&k)).or_default().push((k, v));
+    }
+    let mailboxes = &shard.shared.mailboxes;
+    let ask = |owner: usize, step: TxnStep| {
+        let rx = mailboxes[owner].send(Work::Txn(step));
+        async move { rx.await.ok().and_then(|mut r| r.pop()).unwrap_or_else(|| OpResult::Error("shard unavailable".into())) }
+    };
+    if groups.len() == 1 {
+        let (owner, pairs) = groups.into_iter().next().expect("one group");
+        let _ = reply.send(vec![ask(owner, TxnStep::Apply { pairs }).await]);
+        return;
+    }
+    let txn = {
+        let mut res = shard.reservations.borrow_mut();
+        res.next_txn += 1;
+        (res.next_txn << 10) | shard.id as u64
+    };
+    // Phase 1, in shard order (see the module doc for why).
+    let mut prepared = Vec::new();
+    let mut outcome = OpResult::Existed(false);
+    for (owner, pairs) in groups {
+        match ask(owner, TxnStep::Prepare { txn, pairs }).await {
+            OpResult::Existed(false) => prepared.push(owner),
+            other => {
+                outcome = other;
+                break;
+            }
+        }
+    }
+    // Phase 2, on every prepared shard at once.
+    let commit = outcome == OpResult::Existed(false);
+    let mut answers = Vec::with_capacity(prepared.len());
+    for owner in prepared {
+        answers.push(ask(owner, if commit { TxnStep::Commit { txn } } else { TxnStep::Abort { txn } }));
+    }
+    for answer in answers {
+        if let OpResult::Error(e) = answer.await {
+            outcome = OpResult::Error(e);
+        }
+    }
+    let _ = reply.send(vec![outcome]);
+}
