@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::record::{self, RecordSpec};
 use crate::scan::{self, Step};
 use crate::segment::HEADER_BYTES;
-use crate::store::{key_hash, Store};
+use crate::store::Store;
 
 /// Progress through the current victim.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl Store {
                     },
                 };
             let key = &scratch[key_start..key_start + key_len];
-            let hash = key_hash(key) as u32;
+            let hash = self.index_hash(key);
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
             if live && expires_at_ms.is_none_or(|at| at > now) {

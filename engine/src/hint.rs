@@ -2,10 +2,10 @@
 //! clean restart loads the index instead of scanning every record.
 //!
 //! ```text
-//!  0       8         12         16              24
-//! +-------+---------+----------+---------------+
-//! | magic | version | segments | entries (u64) |      header, 24 bytes
-//! +-------+---------+----------+---------------+
+//!  0       8         12         16              24                32
+//! +-------+---------+----------+---------------+-----------------+
+//! | magic | version | segments | entries (u64) | index seed (u64) |   header, 32 bytes
+//! +-------+---------+----------+---------------+-----------------+
 //! | slot u32 | sealed_end u32 | seq u64 | live_bytes u64 |   x segments
 //! | entry u64 (hash << 32 | loc), ascending hash         |   x entries
 //! | crc32 u32 over every byte before it                  |
@@ -27,8 +27,8 @@ use crate::log::Log;
 use crate::store::Store;
 
 const MAGIC: [u8; 8] = *b"RKVHINT1";
-const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 24;
+const VERSION: u32 = 2;
+const HEADER_BYTES: usize = 32;
 const SEGMENT_BYTES: usize = 24;
 pub const FILE_NAME: &str = "index.hint";
 
@@ -45,6 +45,7 @@ pub fn write(store: &Store) -> Result<()> {
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&(segments.len() as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(store.index.len() as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&store.index_seed.to_le_bytes());
     let mut result = out.write_all(&header);
     for seg in &segments {
         let mut b = [0u8; SEGMENT_BYTES];
@@ -85,7 +86,7 @@ impl<W: Write> Write for CrcWriter<W> {
 
 /// Loads the checkpoint if it exists and matches the log exactly, setting
 /// each segment's live bytes. Returns why it was not used otherwise.
-pub fn load(dir: &Path, log: &mut Log) -> Result<Index, String> {
+pub fn load(dir: &Path, log: &mut Log) -> Result<(Index, u64), String> {
     let path = dir.join(FILE_NAME);
     let bytes = fs::read(&path).map_err(|e| format!("unreadable: {e}"))?;
     let (body, crc) = bytes.split_at_checked(bytes.len().saturating_sub(4)).ok_or("too short")?;
@@ -100,6 +101,7 @@ pub fn load(dir: &Path, log: &mut Log) -> Result<Index, String> {
     }
     let segments = le32(body, 12) as usize;
     let entries = usize::try_from(le64(body, 16)).map_err(|_| "entry count")?;
+    let seed = le64(body, 24);
     let expected = HEADER_BYTES + segments * SEGMENT_BYTES + entries * 8;
     if body.len() != expected {
         return Err(format!("size {} does not match its counts ({expected})", body.len()));
@@ -134,5 +136,5 @@ pub fn load(dir: &Path, log: &mut Log) -> Result<Index, String> {
             seg.live_bytes = live_bytes;
         }
     }
-    Ok(index)
+    Ok((index, seed))
 }

@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::index::Loc;
+use crate::index::{Index, Loc};
 use crate::log::Log;
 use crate::scan::{self, Step};
 use crate::segment::{self, Segment, HEADER_BYTES};
-use crate::store::{key_hash, Config, Counters, Store};
+use crate::store::{Config, Counters, Store};
 
 const FLOOR_FILE: &str = "FLUSHED";
 const LOCK_FILE: &str = "LOCK";
@@ -89,7 +89,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         fs::remove_file(&hint_path).map_err(Error::io("remove checkpoint"))?;
         segment::sync_dir(dir)?;
         match loaded {
-            Ok(index) => Some(index),
+            Ok(loaded) => Some(loaded),
             Err(why) => {
                 tracing::warn!(%why, "index checkpoint not used; scanning the log");
                 report.hint_rejected = Some(why);
@@ -100,9 +100,11 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         None
     };
     report.hint_used = hinted.is_some();
+    let (index, index_seed) = hinted.unwrap_or_else(|| (Index::default(), crate::store::random_seed()));
     let mut store = Store {
         log,
-        index: hinted.unwrap_or_default(),
+        index,
+        index_seed,
         last_sync_ms: config.clock.now_ms(),
         config,
         poisoned: None,
@@ -112,9 +114,17 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         _lock: lock,
     };
     if !report.hint_used {
-        for slot in store.log.by_seq() {
-            store.recover_segment(slot, &mut report);
+        // Scan every segment first, so that the index is sized once for
+        // all of them, then apply them oldest first.
+        let batches: Vec<Vec<Found>> =
+            store.log.by_seq().into_iter().map(|slot| store.scan_segment(slot, &mut report)).collect();
+        store.index.reserve(batches.iter().flatten().filter(|f| f.live).count());
+        for batch in batches {
+            store.apply_batch(batch);
         }
+        // Overwritten keys were counted once per version: give back the
+        // surplus.
+        store.index.fit();
     }
     store.log.roll()?;
     store.sync()?;
@@ -142,8 +152,10 @@ struct Found {
 }
 
 impl Store {
-    fn recover_segment(&mut self, slot: u32, report: &mut RecoveryReport) {
-        let Some(seg) = self.log.segment_mut(slot) else { return };
+    /// Reads one segment's records in order, reporting damage and cutting
+    /// a torn tail (the segment is sealed where its good records end).
+    fn scan_segment(&mut self, slot: u32, report: &mut RecoveryReport) -> Vec<Found> {
+        let Some(seg) = self.log.segment_mut(slot) else { return Vec::new() };
         let sealed = seg.header.sealed;
         let limit = if sealed { seg.end } else { seg.size() };
         // Let key comparisons see the whole segment while it is scanned.
@@ -151,17 +163,13 @@ impl Store {
         let (path, seq) = (seg.path.clone(), seg.header.seq);
         let now = self.now_ms();
         let mut pos = HEADER_BYTES;
-        // Pass 1 reads the segment in order and notes each record; pass 2
-        // applies them to the index sorted by hash, so that the index is
-        // walked in order instead of at random: a cache miss per key
-        // otherwise (the stable sort keeps each key's versions in log order).
         let mut found: Vec<Found> = Vec::new();
         let cut = loop {
             let seg = self.log.segment(slot).expect("segment being scanned");
             match scan::next(seg.bytes(), pos, limit, sealed) {
                 Step::Record { offset, view } => {
                     found.push(Found {
-                        hash: key_hash(view.key) as u32,
+                        hash: self.index_hash(view.key),
                         loc: self.log.loc(slot, offset),
                         len: view.len as u32,
                         live: !view.tombstone && !view.is_expired(now),
@@ -184,7 +192,23 @@ impl Store {
             }
         };
         report.records += found.len() as u64;
-        found.sort_by_key(|f| f.hash);
+        report.bytes_scanned += (cut - HEADER_BYTES) as u64;
+        let seg = self.log.segment_mut(slot).expect("segment being scanned");
+        seg.end = cut;
+        if !sealed {
+            seg.seal();
+            self.log.unsynced.push(slot);
+        }
+        found
+    }
+
+    /// Applies one segment's records to the index in hash order: the index
+    /// is then walked in order instead of at random (a cache miss a key
+    /// otherwise).
+    fn apply_batch(&mut self, mut found: Vec<Found>) {
+        // (hash, loc): loc grows along the segment, so versions of a key
+        // stay in log order under the faster unstable sort.
+        found.sort_unstable_by_key(|f| (u64::from(f.hash) << 32) | u64::from(f.loc));
         for f in found {
             let log = &self.log;
             // Keys are read only when another entry has the same hash.
@@ -198,13 +222,6 @@ impl Store {
                 let prev_len = self.log.unchecked(prev).map_or(0, |v| v.len);
                 self.log.mark_dead(prev, prev_len);
             }
-        }
-        report.bytes_scanned += (cut - HEADER_BYTES) as u64;
-        let seg = self.log.segment_mut(slot).expect("segment being scanned");
-        seg.end = cut;
-        if !sealed {
-            seg.seal();
-            self.log.unsynced.push(slot);
         }
     }
 }

@@ -192,6 +192,9 @@ pub struct Store {
     /// Reused buffer for records copied within the log.
     pub(crate) scratch: Vec<u8>,
     pub(crate) counters: Counters,
+    /// Secret mixed into the index hash (see `index_hash_with`); kept in
+    /// the checkpoint so that a checkpointed index stays valid.
+    pub(crate) index_seed: u64,
     /// Held for the store's lifetime: one store per directory.
     pub(crate) _lock: std::fs::File,
 }
@@ -204,9 +207,28 @@ pub(crate) struct Counters {
     pub expired_reclaimed: u64,
 }
 
-/// Hash of a key: the ring routes on all 64 bits, the index keeps 32.
+/// Hash of a key: the ring routes on all 64 bits of it.
 pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
+}
+
+/// The index's 32-bit hash: the key's xxh3 mixed with a per-store secret
+/// (the splitmix64 finaliser). xxh3 is public, so without the secret a
+/// client could choose keys whose index hashes crowd one region of the
+/// ordered table and turn every insert into a long scan (hash flooding).
+pub(crate) fn index_hash_with(seed: u64, key: &[u8]) -> u32 {
+    let mut z = xxh3_64(key) ^ seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u32
+}
+
+/// A fresh random secret for the index hash.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 impl Store {
@@ -217,6 +239,10 @@ impl Store {
 
     pub fn now_ms(&self) -> u64 {
         self.config.clock.now_ms()
+    }
+
+    pub(crate) fn index_hash(&self, key: &[u8]) -> u32 {
+        index_hash_with(self.index_seed, key)
     }
 
     /// The longest value a write accepts.
@@ -257,20 +283,20 @@ impl Store {
 
     /// The value of a live key, straight from the mapping.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.find_live(key, key_hash(key) as u32).map(|(_, v)| v.value)
+        self.find_live(key, self.index_hash(key)).map(|(_, v)| v.value)
     }
 
     /// The value and expiry of a live key.
     pub fn get_entry(&self, key: &[u8]) -> Option<Entry<'_>> {
-        self.find_live(key, key_hash(key) as u32).map(|(_, v)| Entry { value: v.value, expires_at_ms: v.expires_at_ms })
+        self.find_live(key, self.index_hash(key)).map(|(_, v)| Entry { value: v.value, expires_at_ms: v.expires_at_ms })
     }
 
     pub fn exists(&self, key: &[u8]) -> bool {
-        self.find_live(key, key_hash(key) as u32).is_some()
+        self.find_live(key, self.index_hash(key)).is_some()
     }
 
     pub fn ttl(&self, key: &[u8]) -> Ttl {
-        match self.find_live(key, key_hash(key) as u32) {
+        match self.find_live(key, self.index_hash(key)) {
             None => Ttl::Missing,
             Some((_, v)) => match v.expires_at_ms {
                 None => Ttl::Persistent,
@@ -302,7 +328,7 @@ impl Store {
     /// Stores `value` under `key` as `opts` say.
     pub fn set(&mut self, key: &[u8], value: &[u8], opts: SetOptions) -> Result<SetOutcome> {
         self.check_writable(key, value.len())?;
-        let hash = key_hash(key) as u32;
+        let hash = self.index_hash(key);
         // The common plain SET needs nothing from the old record: append
         // and repoint, one index search, no clock read.
         if opts.condition == Condition::Always && !opts.return_old && opts.expiry == SetExpiry::None {
@@ -393,7 +419,7 @@ impl Store {
     /// Deletes a key; true when it existed and had not expired.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         self.check_writable(key, 0)?;
-        self.delete_hashed(key, key_hash(key) as u32)
+        self.delete_hashed(key, self.index_hash(key))
     }
 
     fn delete_hashed(&mut self, key: &[u8], hash: u32) -> Result<bool> {
@@ -416,7 +442,7 @@ impl Store {
     /// key does not exist.
     pub fn expire_at(&mut self, key: &[u8], expires_at_ms: Option<u64>) -> Result<bool> {
         self.check_writable(key, 0)?;
-        let hash = key_hash(key) as u32;
+        let hash = self.index_hash(key);
         let Some((loc, view)) = self.find_live(key, hash) else {
             return Ok(false);
         };
