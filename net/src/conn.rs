@@ -51,6 +51,9 @@ pub trait Protocol {
     /// Renders a single GET straight from the store's mapping, if this
     /// shape is a plain GET; returns false otherwise.
     fn render_borrowed_get(&mut self, shape: &Self::Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool;
+
+    /// Called once the replies of a batch are written.
+    fn end_batch(&mut self, _shard: &Shard) {}
 }
 
 /// A reply not yet written because an earlier one is still awaited.
@@ -254,10 +257,12 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 out = BytesMut::with_capacity(READ_BUFFER_BYTES);
             }
         }
+        proto.end_batch(&shard);
         if close {
             break;
         }
     }
+    proto.end_batch(&shard);
     let _ = stream.shutdown().await;
 }
 

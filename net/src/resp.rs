@@ -266,23 +266,56 @@ pub struct Resp {
     authenticated: bool,
     name: Option<Bytes>,
     id: u64,
-    /// GETs answered straight from the mapping, where no shard is at hand:
-    /// (command, usec), added to the shard's commandstats at the next parse.
-    borrowed_gets: Vec<(u8, u64)>,
+    /// commandstats of the current batch, added to the shard's counters
+    /// once per batch: per command, atomics and clock reads would cost
+    /// more than a pipelined GET (measured: 5% of a shard's CPU).
+    batch: BatchStats,
+}
+
+/// Counts of one batch of requests, by command.
+#[derive(Debug, Default)]
+struct BatchStats {
+    started: Option<std::time::Instant>,
+    /// (command, calls, failed, rejected), one entry per command seen.
+    counts: Vec<(u8, u32, u32, u32)>,
+}
+
+impl BatchStats {
+    fn entry(&mut self, command: u8) -> &mut (u8, u32, u32, u32) {
+        self.started.get_or_insert_with(std::time::Instant::now);
+        let i = match self.counts.iter().position(|c| c.0 == command) {
+            Some(i) => i,
+            None => {
+                self.counts.push((command, 0, 0, 0));
+                self.counts.len() - 1
+            }
+        };
+        &mut self.counts[i]
+    }
+
+    /// Adds the batch to the shard's counters; the batch's wall time is
+    /// shared among its calls (so `usec` includes waits for other shards
+    /// and for the group commit, as a client sees them).
+    fn flush(&mut self, shard: &Shard) {
+        let Some(started) = self.started.take() else { return };
+        let usec = started.elapsed().as_micros() as u64;
+        let calls: u64 = self.counts.iter().map(|c| u64::from(c.1)).sum();
+        for (command, n, failed, rejected) in self.counts.drain(..) {
+            if let Some(counter) = shard.counters().commandstats.get(usize::from(command)) {
+                counter.calls.fetch_add(u64::from(n), Ordering::Relaxed);
+                counter.failed.fetch_add(u64::from(failed), Ordering::Relaxed);
+                counter.rejected.fetch_add(u64::from(rejected), Ordering::Relaxed);
+                if calls > 0 {
+                    counter.usec.fetch_add(usec * u64::from(n) / calls, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 impl Resp {
     pub fn new(id: u64) -> Resp {
         Resp { id, ..Resp::default() }
-    }
-
-    fn flush_borrowed_gets(&mut self, shard: &Shard) {
-        for (command, usec) in self.borrowed_gets.drain(..) {
-            if let Some(counter) = shard.counters().commandstats.get(usize::from(command)) {
-                counter.calls.fetch_add(1, Ordering::Relaxed);
-                counter.usec.fetch_add(usec, Ordering::Relaxed);
-            }
-        }
     }
 }
 
@@ -296,9 +329,6 @@ pub struct Shape {
     command: Option<u8>,
     /// Refused before running (arity, NOAUTH): `rejected_calls`.
     rejected: bool,
-    /// When the command was parsed: `usec` counts until its reply is
-    /// rendered (including waits for other shards and group commit).
-    started: std::time::Instant,
 }
 
 /// The reply a RESP command gives.
@@ -442,7 +472,8 @@ impl CommandStats {
 }
 
 fn command_index(name: &str) -> Option<usize> {
-    COMMANDS.iter().position(|(n, _)| *n == name)
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| COMMANDS.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect()).get(name).copied()
 }
 
 fn wrong_args(name: &str) -> Form {
@@ -481,7 +512,7 @@ fn expiry_ms(unit: &[u8], n: i64, now: u64) -> Option<u64> {
 
 impl Shape {
     fn new(form: Form, command: Option<usize>, rejected: bool) -> Shape {
-        Shape { form, command: command.map(|c| c as u8), rejected, started: std::time::Instant::now() }
+        Shape { form, command: command.map(|c| c as u8), rejected }
     }
 }
 
@@ -502,7 +533,6 @@ impl Protocol for Resp {
     type Shape = Shape;
 
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
-        self.flush_borrowed_gets(shard);
         let args = match parse_command(buf, &shard.shared.limits) {
             Ok(Some(args)) => args,
             Ok(None) => return None,
@@ -520,19 +550,24 @@ impl Protocol for Resp {
     }
 
     fn render(&mut self, shape: &Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {
+        if let Some(command) = shape.command {
+            let entry = self.batch.entry(command);
+            if shape.rejected {
+                entry.3 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+        if matches!(shape.form, Form::Info { .. }) {
+            // INFO shows this connection's earlier commands too.
+            self.batch.flush(shard);
+        }
         let at = out.len();
         render_form(&shape.form, results, shard, out);
-        let Some(counter) = shape.command.and_then(|c| shard.counters().commandstats.get(usize::from(c))) else {
-            return;
-        };
-        if shape.rejected {
-            counter.rejected.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        counter.calls.fetch_add(1, Ordering::Relaxed);
-        counter.usec.fetch_add(shape.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        if out.get(at) == Some(&b'-') {
-            counter.failed.fetch_add(1, Ordering::Relaxed);
+        if let (Some(command), false) = (shape.command, shape.rejected) {
+            if out.get(at) == Some(&b'-') {
+                self.batch.entry(command).2 += 1;
+            }
         }
     }
 
@@ -540,14 +575,17 @@ impl Protocol for Resp {
         match shape.form {
             Form::Value => {
                 put::opt_bulk(out, value);
-                // Counted on the shard at the next parse (no shard here).
-                if let Some(c) = shape.command {
-                    self.borrowed_gets.push((c, shape.started.elapsed().as_micros() as u64));
+                if let Some(command) = shape.command {
+                    self.batch.entry(command).1 += 1;
                 }
                 true
             }
             _ => false,
         }
+    }
+
+    fn end_batch(&mut self, shard: &Shard) {
+        self.batch.flush(shard);
     }
 }
 
