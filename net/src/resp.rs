@@ -305,8 +305,8 @@ impl BatchStats {
                 counter.calls.fetch_add(u64::from(n), Ordering::Relaxed);
                 counter.failed.fetch_add(u64::from(failed), Ordering::Relaxed);
                 counter.rejected.fetch_add(u64::from(rejected), Ordering::Relaxed);
-                if calls > 0 {
-                    counter.usec.fetch_add(usec * u64::from(n) / calls, Ordering::Relaxed);
+                if let Some(share) = (usec * u64::from(n)).checked_div(calls) {
+                    counter.usec.fetch_add(share, Ordering::Relaxed);
                 }
             }
         }
