@@ -52,7 +52,7 @@ pub fn parse_command(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<B
         n if n as usize > limits.args_max => return Err(RespError::BadArrayLength),
         n => n as usize,
     };
-    let mut spans = Vec::with_capacity(count.min(1024));
+    let header_end = at;
     for _ in 0..count {
         let Some(&marker) = buf.get(at) else { return Ok(None) };
         if marker != b'$' {
@@ -68,26 +68,43 @@ pub fn parse_command(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<B
             buf.reserve(at + len + 2 - buf.len());
             return Ok(None);
         }
-        spans.push((at, len));
         at += len + 2;
     }
+    // Second pass over the checked frame: slice the arguments out of it
+    // (no list of spans to allocate on the way).
     let frame = buf.split_to(at).freeze();
-    Ok(Some(spans.into_iter().map(|(start, len)| frame.slice(start..start + len)).collect()))
+    let mut args = Vec::with_capacity(count);
+    let mut at = header_end;
+    for _ in 0..count {
+        at += 1;
+        let len = read_int_line(&frame, &mut at, i64::MAX).ok().flatten().unwrap_or(0) as usize;
+        args.push(frame.slice(at..at + len));
+        at += len + 2;
+    }
+    Ok(Some(args))
 }
 
 /// Reads `<int>\r\n` after a type marker at `*at` (which skips the marker
 /// for arrays). Refuses values outside `-1..=max`.
 fn read_int_line(buf: &[u8], at: &mut usize, max: i64) -> Result<Option<i64>, RespError> {
-    let start = if buf.get(*at) == Some(&b'*') { *at + 1 } else { *at };
+    let array = buf.get(*at) == Some(&b'*');
+    let start = if array { *at + 1 } else { *at };
     let Some(nl) = buf[start..].iter().take(24).position(|&b| b == b'\n') else {
         return if buf.len() - start > 24 { Err(RespError::BadBulkLength) } else { Ok(None) };
     };
-    let line = &buf[start..start + nl];
-    let line = line.strip_suffix(b"\r").ok_or(RespError::BadBulkLength)?;
-    let text = std::str::from_utf8(line).map_err(|_| RespError::BadBulkLength)?;
-    let value: i64 = text.parse().map_err(|_| RespError::BadBulkLength)?;
+    let line = buf[start..start + nl].strip_suffix(b"\r").ok_or(RespError::BadBulkLength)?;
+    // Hand-rolled: this runs twice per argument of every command.
+    let (negative, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(RespError::BadBulkLength);
+    }
+    let magnitude = digits.iter().fold(0i64, |n, d| n.saturating_mul(10).saturating_add(i64::from(d - b'0')));
+    let value = if negative { -magnitude } else { magnitude };
     if value > max || value < -1 {
-        return Err(if buf.get(*at) == Some(&b'*') { RespError::BadArrayLength } else { RespError::BadBulkLength });
+        return Err(if array { RespError::BadArrayLength } else { RespError::BadBulkLength });
     }
     *at = start + nl + 1;
     Ok(Some(value))

@@ -92,6 +92,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn shard_of(&self, key: &[u8]) -> usize {
+        if self.member_shard.len() == 1 {
+            return 0;
+        }
         self.member_shard[self.ring.owner_of_key(key).get()]
     }
 
