@@ -43,6 +43,19 @@ const OVERFLOW_SLOTS: usize = 256;
 /// cost per operation.
 const MIGRATE_ENTRIES_PER_OP: usize = 8;
 
+/// Hints the CPU to load the cache line at `p`. Never faults, whatever
+/// `p` is.
+pub fn prefetch_read(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it does not dereference the pointer in a
+    // way that can fault, and SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 fn entry(hash: u32, loc: Loc) -> u64 {
     (u64::from(hash) << 32) | u64::from(loc)
 }
@@ -178,6 +191,24 @@ impl Index {
             Some(old) if u64::from(hash) >= self.threshold => old,
             _ => &mut self.cur,
         }
+    }
+
+    /// Asks the CPU to start loading the slot where `hash` would be found,
+    /// so that a later lookup does not wait for memory. Pipelined requests
+    /// prefetch all their slots first (memory-level parallelism).
+    pub fn prefetch(&self, hash: u32) {
+        let table = self.owner(hash);
+        let home = table.home(hash).max(table.floor);
+        if let Some(slot) = table.slots.get(home) {
+            prefetch_read(slot as *const u64 as *const u8);
+        }
+    }
+
+    /// The location in the first slot holding `hash`, without confirming
+    /// the key: a guess good enough to prefetch the record.
+    pub fn first_candidate(&self, hash: u32) -> Option<Loc> {
+        let table = self.owner(hash);
+        table.search(hash, &mut |_| true).ok().map(|pos| entry_loc(table.slots[pos]))
     }
 
     /// The location of the key with `hash` that `is_key` confirms.

@@ -281,6 +281,22 @@ impl Store {
         Some((loc, view))
     }
 
+    /// Starts loading what a lookup of `key` will touch, in two stages:
+    /// stage 0 the index slot, stage 1 (once the slot is likely cached) the
+    /// record. A batch of pipelined requests runs stage 0 for all, then
+    /// stage 1 for all, then executes: their cache misses overlap.
+    pub fn prefetch(&self, key: &[u8], stage: u8) {
+        let hash = self.index_hash(key);
+        if stage == 0 {
+            self.index.prefetch(hash);
+        } else if let Some(loc) = self.index.first_candidate(hash) {
+            let (slot, offset) = self.log.split(loc);
+            if let Some(byte) = self.log.segment(slot).and_then(|s| s.bytes().get(offset)) {
+                crate::index::prefetch_read(byte);
+            }
+        }
+    }
+
     /// The value of a live key, straight from the mapping.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.find_live(key, self.index_hash(key)).map(|(_, v)| v.value)

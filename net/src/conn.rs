@@ -79,6 +79,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     // serve them before reading, or a client waiting for their replies
     // would wait forever.
     let mut resume = false;
+    // Reused for every batch.
+    let mut job_buf: Vec<Job<P::Shape>> = Vec::new();
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -117,11 +119,36 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         let mut close = false;
         let mut commands = 0u64;
         resume = true;
-        for _ in 0..limits.pipeline_batch_max {
+        // Parse the batch first, so that its local keys' cache misses can
+        // overlap (prefetch), then execute it in order.
+        let mut jobs = std::mem::take(&mut job_buf);
+        while jobs.len() < limits.pipeline_batch_max {
             let Some(job) = proto.parse(&mut inbuf, &shard) else {
                 resume = false;
                 break;
             };
+            // Both end the batch: QUIT closes, MSETNX must be decided before
+            // the requests after it are parsed.
+            let last = matches!(job, Job::ReplyAndClose(_) | Job::MSetNx(..));
+            jobs.push(job);
+            if last {
+                break;
+            }
+        }
+        if jobs.len() > 1 && shard.runs_directly() {
+            shard.with_store(|s| {
+                for stage in 0..2 {
+                    for job in &jobs {
+                        if let Job::Key(op, _) = job {
+                            if shard.shared.shard_of(op.key()) == shard.id {
+                                s.prefetch(op.key(), stage);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        for job in jobs.drain(..) {
             commands += 1;
             match job {
                 Job::Reply(shape) => emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]),
@@ -217,6 +244,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 }
             }
         }
+        job_buf = jobs;
         shard.counters().commands.fetch_add(commands, Ordering::Relaxed);
         if inbuf.len() > limits.frame_max_bytes + 1024 {
             tracing::info!(?peer, "request larger than the frame limit; closing connection");
