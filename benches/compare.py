@@ -134,6 +134,18 @@ def main():
                 print(row(name, kind, r), flush=True)
             finally:
                 s.stop()
+    # Tail latency at the same offered load (open loop, below saturation).
+    if not a.only or "rate" in a.only:
+        rate = base + ["--pipeline", "1", "--rate", "60000"]
+        for kind in ["redis", "ringkv-resp", "ringkv-native"]:
+            s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
+            try:
+                port, proto = (s.resp, "resp") if kind != "ringkv-native" else (s.native, "native")
+                prefill(port, proto, a.keys)
+                r = measure(s, lambda: ringkv_bench(port, proto, rate, a.seconds))
+                print(row("open loop 60k ops/s, 50 conns, 1:10", kind, r), flush=True)
+            finally:
+                s.stop()
     # Two shards: shard-aware clients against clients that do not route.
     if not a.only or "shards" in a.only:
         for aware in [True, False]:
