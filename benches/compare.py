@@ -118,13 +118,8 @@ def main():
     rows = []
     print("| workload | server | ops/s | ops counted by server | server CPU-s | ops per server CPU-s | p50 ms | p99 ms | p99.9 ms | bench CPU µs/op | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    workloads = [
-        ("no pipelining, 50 conns, 1:10", base + ["--pipeline", "1"], [], []),
-        ("pipeline 16, 50 conns, 1:10", base + ["--pipeline", "16"], [], []),
-    ]
-    for name, extra, rk_flags, redis_flags in workloads:
-        if a.only and a.only not in name:
-            continue
+    def three_servers(name, extra):
+        """Runs one workload against Redis, ringkv's RESP port and its native port."""
         for kind in ["redis", "ringkv-resp", "ringkv-native"]:
             s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
             try:
@@ -134,18 +129,16 @@ def main():
                 print(row(name, kind, r), flush=True)
             finally:
                 s.stop()
-    # Tail latency at the same offered load (open loop, below saturation).
-    if not a.only or "rate" in a.only:
-        rate = base + ["--pipeline", "1", "--rate", "60000"]
-        for kind in ["redis", "ringkv-resp", "ringkv-native"]:
-            s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
-            try:
-                port, proto = (s.resp, "resp") if kind != "ringkv-native" else (s.native, "native")
-                prefill(port, proto, a.keys)
-                r = measure(s, lambda: ringkv_bench(port, proto, rate, a.seconds))
-                print(row("open loop 60k ops/s, 50 conns, 1:10", kind, r), flush=True)
-            finally:
-                s.stop()
+
+    workloads = [
+        ("no pipelining, 50 conns, 1:10", base + ["--pipeline", "1"]),
+        ("pipeline 16, 50 conns, 1:10", base + ["--pipeline", "16"]),
+        # Tail latency at the same offered load (open loop, below saturation).
+        ("open loop 60k ops/s, 50 conns, 1:10", base + ["--pipeline", "1", "--rate", "60000"]),
+    ]
+    for name, extra in workloads:
+        if not a.only or a.only in name:
+            three_servers(name, extra)
     # Two shards: shard-aware clients against clients that do not route.
     if not a.only or "shards" in a.only:
         for aware in [True, False]:

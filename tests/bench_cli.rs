@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
@@ -66,35 +64,6 @@ fn open_loop_sends_at_the_requested_rate() {
     assert!((3400..=4200).contains(&ops), "2000/s for 2 s sent {ops}");
 }
 
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<(Redis, u16)> {
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let redis = Redis(child);
-    // Ready when it answers PING (bounded).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "PING"]).output().ok()?;
-        if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
-            return Some((redis, port));
-        }
-        assert!(Instant::now() < deadline, "redis-server never answered PING");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn run_against_a_real_redis_server() {
     if Command::new("redis-server").arg("--version").output().is_err() {
@@ -102,7 +71,7 @@ fn run_against_a_real_redis_server() {
         eprintln!("redis-server not installed; skipping");
         return;
     }
-    let (_redis, port) = start_redis().expect("start redis-server");
+    let (_redis, port) = common::start_redis().expect("start redis-server");
     let json = bench(&[
         "-s",
         "127.0.0.1",

@@ -6,51 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use net::limits::Limits;
+use bytes::Bytes;
+use common::RespConn as Conn;
 use net::resp::Reply;
-
-/// A blocking RESP connection for tests: raw commands out, parsed replies in.
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        Conn { stream, buf: BytesMut::new() }
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        let mut out = BytesMut::new();
-        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        net::resp::put_command(&mut out, &refs);
-        self.stream.write_all(&out).expect("send");
-    }
-
-    fn reply(&mut self) -> Reply {
-        loop {
-            if let Some(r) = net::resp::parse_reply(&mut self.buf, &Limits::default()).expect("valid reply") {
-                return r;
-            }
-            let mut chunk = [0u8; 16 << 10];
-            let n = self.stream.read(&mut chunk).expect("a reply within 20 s");
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn call(&mut self, args: &[&str]) -> Reply {
-        self.send(args);
-        self.reply()
-    }
-}
 
 fn bulk(s: &str) -> Reply {
     Reply::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())))

@@ -11,43 +11,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use net::limits::Limits;
 
 const SCRIPT: &str = include_str!("testdata/resp_script.txt");
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<(Redis, u16)> {
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let redis = Redis(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = Conn::connect(&format!("127.0.0.1:{port}")) {
-            if c.call(&[b"PING".to_vec()]) == b"+PONG\r\n" {
-                return Some((redis, port));
-            }
-        }
-        assert!(Instant::now() < deadline, "redis-server never answered PING");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A blocking RESP connection that returns each reply's raw bytes.
 struct Conn {
@@ -126,7 +97,7 @@ fn every_scripted_reply_matches_redis_byte_for_byte() {
         eprintln!("redis-server not installed; skipping the differential test");
         return;
     }
-    let (_redis, port) = start_redis().expect("start redis-server");
+    let (_redis, port) = common::start_redis().expect("start redis-server");
     let dir = tempfile::tempdir().unwrap();
     let node = common::Node::start(dir.path(), &["--shards", "2"]);
     let mut redis = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();

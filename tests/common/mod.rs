@@ -4,14 +4,17 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use net::client::{Client, ClientConfig};
+use net::limits::Limits;
+use net::resp::Reply;
 
 /// A running `ringkv serve` process, killed when dropped.
 pub struct Node {
@@ -122,4 +125,77 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
 
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A blocking RESP connection for tests: raw commands out, parsed replies in.
+pub struct RespConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RespConn {
+    pub fn connect(addr: SocketAddr) -> RespConn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        RespConn { stream, buf: BytesMut::new() }
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        let mut out = BytesMut::new();
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        net::resp::put_command(&mut out, &refs);
+        self.stream.write_all(&out).expect("send");
+    }
+
+    pub fn reply(&mut self) -> Reply {
+        loop {
+            if let Some(r) = net::resp::parse_reply(&mut self.buf, &Limits::default()).expect("valid reply") {
+                return r;
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let n = self.stream.read(&mut chunk).expect("a reply within 20 s");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn call(&mut self, args: &[&str]) -> Reply {
+        self.send(args);
+        self.reply()
+    }
+}
+
+/// A `redis-server` on a free loopback port, killed when dropped.
+pub struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts redis-server (no persistence) and waits until it answers PING;
+/// `None` when redis-server is not installed (.ci/run installs it).
+pub fn start_redis() -> Option<(Redis, u16)> {
+    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let redis = Redis(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            let mut c = RespConn::connect(addr);
+            if matches!(c.call(&["PING"]), Reply::Simple(ref s) if &s[..] == b"PONG") {
+                return Some((redis, port));
+            }
+        }
+        assert!(Instant::now() < deadline, "redis-server never answered PING");
+        // Before its socket listens there is no readiness signal to wait on.
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
