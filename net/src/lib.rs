@@ -8,6 +8,7 @@
 pub mod client;
 pub mod conn;
 pub mod limits;
+pub mod metrics;
 pub mod native;
 pub mod native_server;
 pub mod op;

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// Shared RESP port; `None` serves no RESP.
     pub resp_port: Option<u16>,
+    /// Prometheus metrics port (`GET /metrics`); `None` serves none.
+    pub metrics_port: Option<u16>,
     /// First shard-aware port (shard i listens on base + i); 0 picks free
     /// ports.
     pub shard_port_base: u16,
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: PORT_DEFAULT,
             resp_port: Some(RESP_PORT_DEFAULT),
+            metrics_port: None,
             shard_port_base: PORT_DEFAULT + 1,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             data_dir: PathBuf::from("ringkv-data"),
@@ -91,6 +94,7 @@ pub struct ServerHandle {
     pub native_addr: SocketAddr,
     pub resp_addr: Option<SocketAddr>,
     pub shard_addrs: Vec<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<Result<(), ServerError>>>,
 }
@@ -244,8 +248,36 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             Err(_) => return Err(ServerError::ThreadDied(0)),
         }
     }
-    tracing::info!(%native_addr, ?resp_addr, shards, "ringkv serving");
-    Ok(ServerHandle { native_addr, resp_addr, shard_addrs, shared, threads })
+    let metrics_addr = match config.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.bind, port);
+            let listener = crate::metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| ServerError::Config(format!("metrics runtime: {e}")))?;
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => crate::metrics::serve(l, shared).await,
+                            Err(e) => tracing::error!(error = %e, "metrics listener"),
+                        }
+                    });
+                    Ok(())
+                })
+                .map_err(|e| ServerError::Config(format!("spawn metrics thread: {e}")))?;
+            threads.push(thread);
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(%native_addr, ?resp_addr, ?metrics_addr, shards, "ringkv serving");
+    Ok(ServerHandle { native_addr, resp_addr, shard_addrs, metrics_addr, shared, threads })
 }
 
 /// The ring of this node's shards (one node, `shards` members).

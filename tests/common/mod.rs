@@ -22,6 +22,8 @@ pub struct Node {
     pub native: SocketAddr,
     pub resp: SocketAddr,
     pub shards: Vec<SocketAddr>,
+    /// The metrics listener, when started with `--metrics-port`.
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -56,7 +58,8 @@ impl Node {
         let native = field("native").parse().expect("native address");
         let resp = field("resp").parse().expect("resp address");
         let shards = field("shards").split(',').map(|s| s.parse().expect("shard address")).collect();
-        let node = Node { child, native, resp, shards, data_dir: data_dir.to_path_buf() };
+        let metrics = field("metrics").parse().ok();
+        let node = Node { child, native, resp, shards, metrics, data_dir: data_dir.to_path_buf() };
         node.wait_ready();
         node
     }

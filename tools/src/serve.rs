@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// RESP port, shared by all shards (0: any free port; `off`: none).
     #[arg(long, default_value_t = RESP_PORT_DEFAULT.to_string())]
     resp_port: String,
+    /// Prometheus metrics port, `GET /metrics` (0: any free port; `off`).
+    #[arg(long, default_value = "off")]
+    metrics_port: String,
     /// First shard-aware native port: shard i listens on it plus i
     /// (0: any free ports). Defaults to --port + 1.
     #[arg(long)]
@@ -79,11 +82,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let metrics_port = match args.metrics_port.as_str() {
+        "off" => None,
+        p => match p.parse::<u16>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                eprintln!("ringkv serve: --metrics-port must be a port number or `off`, not {p:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let defaults = ServerConfig::default();
     let config = ServerConfig {
         bind: args.bind,
         port: args.port,
         resp_port,
+        metrics_port,
         shard_port_base: args.shard_port_base.unwrap_or(if args.port == 0 { 0 } else { args.port.saturating_add(1) }),
         shards: args.shards.unwrap_or(defaults.shards),
         data_dir: args.data_dir,
@@ -119,7 +133,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // ports (useful with port 0) once the server answers.
     let resp = handle.resp_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     let shards: Vec<String> = handle.shard_addrs.iter().map(ToString::to_string).collect();
-    println!("ready native={} resp={} shards={}", handle.native_addr, resp, shards.join(","));
+    let metrics = handle.metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    println!("ready native={} resp={} shards={} metrics={metrics}", handle.native_addr, resp, shards.join(","));
     let _ = std::io::stdout().flush();
 
     wait_for_signal();

@@ -1,0 +1,183 @@
+//! `--metrics-port`: Prometheus text exposition over HTTP (`GET /metrics`).
+//!
+//! A thread of its own serves it, so a scrape never runs on a shard's
+//! thread: counters are read from the shards' atomics, and each store's
+//! figures are asked for through the shard's inbox like any other request.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::op::{OpResult, ShardOp};
+use crate::resp::COMMANDS;
+use crate::shard::{Shared, Work};
+
+/// Longest HTTP request head read before answering.
+const REQUEST_MAX_BYTES: usize = 8 << 10;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves scrapes until the server shuts down.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|&s| s) => return,
+        };
+        let Ok((mut stream, peer)) = accepted else { continue };
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            let mut head = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_MAX_BYTES {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&chunk[..n]);
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                tracing::debug!(%peer, "metrics request not received in time; closing");
+                return;
+            }
+            let response = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                let body = render(&shared).await;
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 22\r\nConnection: close\r\n\r\nonly /metrics is here\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The exposition text.
+pub async fn render(shared: &Shared) -> String {
+    let mut out = String::with_capacity(16 << 10);
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_shard = |f: &dyn Fn(&crate::shard::ShardCounters) -> u64| -> Vec<(String, f64)> {
+        shared.counters.iter().enumerate().map(|(i, c)| (format!("{{shard=\"{i}\"}}"), f(c) as f64)).collect()
+    };
+    family(
+        "ringkv_commands_total",
+        "counter",
+        "Operations served on either protocol, by the shard that parsed them.",
+        per_shard(&|c| c.commands.load(Ordering::Relaxed)),
+    );
+    family(
+        "ringkv_connections",
+        "gauge",
+        "Open client connections.",
+        per_shard(&|c| c.connections.load(Ordering::Relaxed)),
+    );
+    family(
+        "ringkv_connections_received_total",
+        "counter",
+        "Client connections accepted.",
+        per_shard(&|c| c.connections_total.load(Ordering::Relaxed)),
+    );
+    family(
+        "ringkv_net_input_bytes_total",
+        "counter",
+        "Bytes read from clients.",
+        per_shard(&|c| c.bytes_in.load(Ordering::Relaxed)),
+    );
+    family(
+        "ringkv_net_output_bytes_total",
+        "counter",
+        "Bytes written to clients.",
+        per_shard(&|c| c.bytes_out.load(Ordering::Relaxed)),
+    );
+    family(
+        "ringkv_cross_shard_hops_total",
+        "counter",
+        "Requests (or groups of keys) sent to another shard's inbox.",
+        per_shard(&|c| c.cross_shard_hops.load(Ordering::Relaxed)),
+    );
+    let mut calls = Vec::new();
+    let mut usec = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (name, _)) in COMMANDS.iter().enumerate() {
+        let sum = |f: &dyn Fn(&crate::resp::CommandCounter) -> u64| -> u64 {
+            shared.counters.iter().filter_map(|c| c.commandstats.get(i)).map(f).sum()
+        };
+        let n = sum(&|c| c.calls.load(Ordering::Relaxed));
+        if n == 0 {
+            continue;
+        }
+        let label = format!("{{protocol=\"resp\",command=\"{name}\"}}");
+        calls.push((label.clone(), n as f64));
+        usec.push((label.clone(), sum(&|c| c.usec.load(Ordering::Relaxed)) as f64 / 1e6));
+        failed.push((
+            label,
+            (sum(&|c| c.failed.load(Ordering::Relaxed)) + sum(&|c| c.rejected.load(Ordering::Relaxed))) as f64,
+        ));
+    }
+    family("ringkv_command_calls_total", "counter", "RESP commands by name.", calls);
+    family("ringkv_command_seconds_total", "counter", "Time RESP commands took, as clients saw it.", usec);
+    family("ringkv_command_errors_total", "counter", "RESP commands answered with an error.", failed);
+
+    // Store figures come from each shard's own thread.
+    let waits: Vec<_> = shared.mailboxes.iter().map(|m| m.send(Work::Shard(ShardOp::Stats))).collect();
+    let mut stats = Vec::new();
+    for (shard, rx) in waits.into_iter().enumerate() {
+        if let Ok(Ok(results)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
+            if let Some(OpResult::Stats(s)) = results.into_iter().next() {
+                stats.push((shard, s));
+            }
+        }
+    }
+    let store = |f: &dyn Fn(&engine::Stats) -> u64| -> Vec<(String, f64)> {
+        stats.iter().map(|(i, s)| (format!("{{shard=\"{i}\"}}"), f(s) as f64)).collect()
+    };
+    family("ringkv_keys", "gauge", "Keys in the index (expired ones until reclaimed).", store(&|s| s.keys));
+    family("ringkv_live_bytes", "gauge", "Bytes of records the index points at.", store(&|s| s.live_bytes));
+    family("ringkv_dead_bytes", "gauge", "Bytes of superseded records not yet compacted.", store(&|s| s.dead_bytes));
+    family("ringkv_segments", "gauge", "Segment files.", store(&|s| s.segments));
+    family("ringkv_segment_bytes", "gauge", "Bytes of segment files (mapped).", store(&|s| s.segment_bytes));
+    family("ringkv_index_bytes", "gauge", "Bytes of index memory.", store(&|s| s.index_bytes));
+    family("ringkv_syncs_total", "counter", "Flushes of the log to disk.", store(&|s| s.syncs));
+    family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));
+    family("ringkv_compacted_bytes_total", "counter", "Bytes examined by compaction.", store(&|s| s.compacted_bytes));
+    family("ringkv_expired_total", "counter", "Expired keys reclaimed.", store(&|s| s.expired_reclaimed));
+    family(
+        "ringkv_poisoned",
+        "gauge",
+        "1 when a failed flush made the store refuse writes.",
+        store(&|s| u64::from(s.poisoned)),
+    );
+    family(
+        "ringkv_process_cpu_seconds_total",
+        "counter",
+        "CPU time used by the process.",
+        vec![(String::new(), crate::native_server::process_cpu_ms() as f64 / 1000.0)],
+    );
+    out
+}
+
+/// Binds the metrics listener (plain socket; served on its own thread).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
