@@ -72,26 +72,14 @@ enum Fsync {
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
-    let resp_port = match args.resp_port.as_str() {
-        "off" => None,
-        p => match p.parse::<u16>() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                eprintln!("ringkv serve: --resp-port must be a port number or `off`, not {p:?}");
+    let (resp_port, metrics_port) =
+        match (optional_port("--resp-port", &args.resp_port), optional_port("--metrics-port", &args.metrics_port)) {
+            (Ok(r), Ok(m)) => (r, m),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("ringkv serve: {e}");
                 return ExitCode::from(2);
             }
-        },
-    };
-    let metrics_port = match args.metrics_port.as_str() {
-        "off" => None,
-        p => match p.parse::<u16>() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                eprintln!("ringkv serve: --metrics-port must be a port number or `off`, not {p:?}");
-                return ExitCode::from(2);
-            }
-        },
-    };
+        };
     let defaults = ServerConfig::default();
     let config = ServerConfig {
         bind: args.bind,
@@ -146,6 +134,14 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("ringkv serve: shutdown: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A port flag that also takes `off`.
+fn optional_port(flag: &str, value: &str) -> Result<Option<u16>, String> {
+    match value {
+        "off" => Ok(None),
+        p => p.parse().map(Some).map_err(|_| format!("{flag} must be a port number or `off`, not {p:?}")),
     }
 }
 
