@@ -349,7 +349,7 @@ async fn drive(
         }
         let t0 = match batch_interval {
             Some(every) => {
-                tokio::time::sleep_until(next_send.into()).await;
+                send_at(next_send).await;
                 let intended = next_send;
                 next_send += every;
                 intended
@@ -407,6 +407,22 @@ async fn drive(
             stats.interval.reset();
             stats.last_publish = Instant::now();
         }
+    }
+}
+
+/// Waits until `at` precisely: tokio's timers fire on a 1 ms wheel, so the
+/// timer only covers the wait up to the last millisecond and the rest is
+/// spent yielding to the thread's other clients. Open-loop latency counts
+/// from `at`, so a late send would be charged to the server.
+async fn send_at(at: Instant) {
+    const TIMER_SLACK: Duration = Duration::from_millis(1);
+    if let Some(early) = at.checked_sub(TIMER_SLACK) {
+        if early > Instant::now() {
+            tokio::time::sleep_until(early.into()).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
     }
 }
 
