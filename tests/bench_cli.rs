@@ -7,6 +7,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+/// The short workload both count checks run.
+const WORKLOAD: &[&str] = &["--requests", "20000", "--clients", "8", "--pipeline", "4"];
+
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result.json");
@@ -34,18 +37,7 @@ fn counts(json: &serde_json::Value) -> (u64, u64, u64) {
 #[test]
 fn embedded_run_counts_match_the_server() {
     for protocol in ["native", "resp"] {
-        let json = bench(&[
-            "--protocol",
-            protocol,
-            "--requests",
-            "20000",
-            "--clients",
-            "8",
-            "--pipeline",
-            "4",
-            "--shards",
-            "2",
-        ]);
+        let json = bench(&[&["--protocol", protocol, "--shards", "2"], WORKLOAD].concat());
         let (ops, errors, server) = counts(&json);
         assert_eq!(ops, 20000, "{protocol}");
         assert_eq!(errors, 0, "{protocol}");
@@ -72,20 +64,8 @@ fn run_against_a_real_redis_server() {
         return;
     }
     let (_redis, port) = common::start_redis().expect("start redis-server");
-    let json = bench(&[
-        "-s",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "--protocol",
-        "redis",
-        "--requests",
-        "20000",
-        "--clients",
-        "8",
-        "--pipeline",
-        "4",
-    ]);
+    let port = port.to_string();
+    let json = bench(&[&["-s", "127.0.0.1", "-p", &port, "--protocol", "redis"], WORKLOAD].concat());
     let (ops, errors, server) = counts(&json);
     assert_eq!((ops, errors), (20000, 0));
     assert_eq!(server, ops, "Redis counted what the bench sent");
