@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::{Config, FsyncPolicy, SetOptions, Store};
 
+#[path = "cache_sim.rs"]
+pub mod cache_sim;
+
 /// Key length the engine goals are stated for.
 pub const KEY_LEN_BYTES: usize = 16;
 /// Small and large value lengths the engine goals are stated for.

@@ -9,15 +9,15 @@
 //! version of that key could otherwise come back at the next recovery.
 
 use crate::error::Result;
-use crate::record::{self, RecordSpec};
-use crate::scan::{self, Step};
+use crate::record::RecordSpec;
+use crate::scan::{self, Walk};
 use crate::segment::HEADER_BYTES;
 use crate::store::Store;
 
 /// Progress through the current victim.
 #[derive(Debug, Clone)]
 pub struct Cursor {
-    slot: u32,
+    pub(crate) slot: u32,
     seq: u64,
     pos: usize,
     /// Some segment older than the victim exists.
@@ -27,13 +27,18 @@ pub struct Cursor {
 impl Store {
     fn pick_victim(&self) -> Option<Cursor> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
+        let oldest = self.log.segments.iter().flatten().map(|s| s.header.seq).min();
         let mut best: Option<(f64, u32)> = None;
         for (slot, seg) in self.log.segments.iter().enumerate() {
             let Some(seg) = seg else { continue };
             if slot as u32 == self.log.active || !seg.header.sealed || seg.damaged {
                 continue;
             }
-            let garbage = 1.0 - seg.live_bytes as f64 / capacity;
+            // Tombstones are copied, not dropped, while an older segment
+            // exists: counting them as garbage would compact a segment of
+            // tombstones into another one, forever.
+            let kept = if Some(seg.header.seq) == oldest { 0 } else { seg.tombstone_bytes };
+            let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
             if garbage >= self.config.compaction_garbage_ratio_min && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }
@@ -61,45 +66,38 @@ impl Store {
                 self.compaction = Some(cur);
                 break Ok(true);
             }
-            let end = seg.end;
             let bytes = seg.bytes();
-            // Records are decoded without their CRC and copied verbatim,
-            // checksum included: a damaged record stays detectably damaged
-            // instead of being laundered under a fresh checksum.
-            let (offset, len, tombstone, expires_at_ms, key_start, key_len) =
-                match bytes.get(cur.pos..end).map(|b| record::decode(b, false)) {
-                    Some(Ok(view)) => {
-                        let start = cur.pos;
-                        scratch.clear();
-                        scratch.extend_from_slice(&bytes[start..start + view.len]);
-                        let key_start = view.key.as_ptr() as usize - bytes[start..].as_ptr() as usize;
-                        (start, view.len, view.tombstone, view.expires_at_ms, key_start, view.key.len())
-                    }
-                    _ => match scan::next(bytes, cur.pos, end, true) {
-                        Step::Corrupt { offset, resume } => {
-                            // Damage found at recovery was never indexed, so
-                            // nothing live is lost here; `finish_victim` checks.
-                            tracing::warn!(segment = %seg.path.display(), offset, "compaction skips a damaged record");
-                            cur.pos = resume;
-                            continue;
-                        }
-                        Step::Record { offset, .. } => {
-                            tracing::error!(segment = %seg.path.display(), offset, "record decodes only when checked");
-                            break Ok(false);
-                        }
-                        Step::End { .. } => break self.finish_victim(&cur),
-                    },
-                };
+            let (offset, len, tombstone, expires_at_ms, key_start, key_len) = match scan::walk(bytes, cur.pos, seg.end)
+            {
+                Walk::Record { offset, view } => {
+                    scratch.clear();
+                    scratch.extend_from_slice(&bytes[offset..offset + view.len]);
+                    let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
+                    (offset, view.len, view.tombstone, view.expires_at_ms, key_start, view.key.len())
+                }
+                Walk::Damaged { offset, resume } => {
+                    // Damage found at recovery was never indexed, so
+                    // nothing live is lost here; `finish_victim` checks.
+                    tracing::warn!(segment = %seg.path.display(), offset, "compaction skips a damaged record");
+                    cur.pos = resume;
+                    continue;
+                }
+                Walk::Unreadable { offset } => {
+                    tracing::error!(segment = %seg.path.display(), offset, "record decodes only when checked");
+                    break Ok(false);
+                }
+                Walk::End => break self.finish_victim(&cur),
+            };
             let key = &scratch[key_start..key_start + key_len];
             let hash = self.index_hash(key);
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
             if live && expires_at_ms.is_none_or(|at| at > now) {
-                match self.append_raw(&scratch) {
+                match self.append_raw(&scratch, expires_at_ms) {
                     Ok(to) => {
                         self.log.mark_live(to, len);
                         self.log.mark_dead(here, len);
-                        let moved = self.index.relocate(hash, here, to);
+                        let moved = self.index.relocate(hash, here, to, true);
                         debug_assert!(moved, "live record is in the index");
                     }
                     Err(err) => break Err(err),

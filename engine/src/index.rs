@@ -20,10 +20,18 @@
 //! that runs, hashes below `threshold` live in the new table and the others
 //! in the old one, so every lookup still touches exactly one table.
 //!
+//! The lowest bit of the stored hash is not part of the hash: it is the
+//! entry's *mark*, set when the key is read (cache mode). Hashes given to
+//! the index have that bit cleared (31 bits of hash remain, which only
+//! doubles the rare key comparisons of equal hashes). Eviction reads the
+//! mark to keep what is still read; a mark costs no memory this way. The
+//! slots are `Cell`s so that a read (`&self`) can set it.
+//!
 //! The low 32 bits of xxh3 are used because the ring routes on the full
 //! 64-bit hash: one shard owns arcs of it, so its high bits are clustered
 //! while the low bits stay uniform.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 
 /// A record's location in 8-byte units of the log address space.
@@ -56,11 +64,18 @@ pub fn prefetch_read(p: *const u8) {
     let _ = p;
 }
 
+/// The mark bit of an entry: the lowest bit of its hash half.
+const MARK: u64 = 1 << 32;
+
+/// Clears the mark bit from a hash given to the index.
+fn unmarked(hash: u32) -> u32 {
+    hash & !1
+}
 fn entry(hash: u32, loc: Loc) -> u64 {
-    (u64::from(hash) << 32) | u64::from(loc)
+    (u64::from(unmarked(hash)) << 32) | u64::from(loc)
 }
 fn entry_hash(e: u64) -> u32 {
-    (e >> 32) as u32
+    unmarked((e >> 32) as u32)
 }
 fn entry_loc(e: u64) -> Loc {
     e as u32
@@ -68,7 +83,7 @@ fn entry_loc(e: u64) -> Loc {
 
 #[derive(Debug)]
 struct Table {
-    slots: Vec<u64>,
+    slots: Vec<Cell<u64>>,
     /// Number of home slots; `slots` has `OVERFLOW_SLOTS` more.
     capacity: usize,
     len: usize,
@@ -79,7 +94,20 @@ struct Table {
 impl Table {
     fn with_capacity(capacity: usize) -> Table {
         let capacity = capacity.max(CAPACITY_MIN_SLOTS);
-        Table { slots: vec![EMPTY; capacity + OVERFLOW_SLOTS], capacity, len: 0, floor: 0 }
+        Table { slots: vec![Cell::new(EMPTY); capacity + OVERFLOW_SLOTS], capacity, len: 0, floor: 0 }
+    }
+
+    fn at(&self, i: usize) -> Option<u64> {
+        self.slots.get(i).map(Cell::get)
+    }
+
+    /// The slots as plain words, for the moves of inserts and removals.
+    fn raw(&mut self) -> &mut [u64] {
+        let cells: &mut [Cell<u64>] = &mut self.slots;
+        // SAFETY: `Cell<u64>` has the same in-memory representation as
+        // `u64` (it is a transparent `UnsafeCell`), and `&mut self` rules
+        // out any other reference to the cells while this one lives.
+        unsafe { &mut *(cells as *mut [Cell<u64>] as *mut [u64]) }
     }
 
     fn home(&self, hash: u32) -> usize {
@@ -90,7 +118,7 @@ impl Table {
     /// the position where such an entry would be inserted.
     fn search(&self, hash: u32, is_key: &mut impl FnMut(Loc) -> bool) -> Result<usize, usize> {
         let mut i = self.home(hash).max(self.floor);
-        while let Some(&e) = self.slots.get(i) {
+        while let Some(e) = self.at(i) {
             if e == EMPTY || entry_hash(e) > hash {
                 return Err(i);
             }
@@ -104,33 +132,35 @@ impl Table {
 
     /// Inserts `e` at `pos`, shifting the run after it one slot right.
     fn insert_at(&mut self, pos: usize, e: u64) {
-        let free = match self.slots[pos..].iter().position(|&s| s == EMPTY) {
+        let free = match self.raw()[pos..].iter().position(|&s| s == EMPTY) {
             Some(offset) => pos + offset,
             None => {
                 // The run reached the end of the overflow area: extend it.
                 // This copies the table once, which only a pathological run
                 // at the very end of the hash space can cause.
                 let extra = OVERFLOW_SLOTS.max(self.slots.len() / 64);
-                self.slots.resize(self.slots.len() + extra, EMPTY);
-                self.slots[pos..].iter().position(|&s| s == EMPTY).map_or(pos, |o| pos + o)
+                self.slots.resize(self.slots.len() + extra, Cell::new(EMPTY));
+                self.raw()[pos..].iter().position(|&s| s == EMPTY).map_or(pos, |o| pos + o)
             }
         };
-        self.slots.copy_within(pos..free, pos + 1);
-        self.slots[pos] = e;
+        let slots = self.raw();
+        slots.copy_within(pos..free, pos + 1);
+        slots[pos] = e;
         self.len += 1;
     }
 
     /// Removes the entry at `pos`, shifting displaced entries back.
     fn remove_at(&mut self, pos: usize) {
         let mut end = pos + 1;
-        while let Some(&e) = self.slots.get(end) {
+        while let Some(e) = self.at(end) {
             if e == EMPTY || self.home(entry_hash(e)) >= end {
                 break;
             }
             end += 1;
         }
-        self.slots.copy_within(pos + 1..end, pos);
-        self.slots[end - 1] = EMPTY;
+        let slots = self.raw();
+        slots.copy_within(pos + 1..end, pos);
+        slots[end - 1] = EMPTY;
         self.len -= 1;
     }
 
@@ -179,6 +209,18 @@ impl Index {
         table(&self.cur) + self.old.as_ref().map_or(0, table)
     }
 
+    /// Bytes the index will hold once its next growth step starts, when
+    /// that step is near (the table is within 10 points of its growth
+    /// fill) or under way: a memory bound must leave room for it before
+    /// it happens, since a step allocates a table 1.5 times the size.
+    pub fn heap_bytes_projected(&self) -> usize {
+        let now = self.heap_bytes();
+        if self.old.is_some() || self.cur.len * 100 <= self.cur.capacity * (LOAD_MAX_PERCENT - 10) {
+            return now;
+        }
+        now + (self.cur.capacity * GROWTH_NUM / GROWTH_DEN + OVERFLOW_SLOTS) * std::mem::size_of::<u64>()
+    }
+
     fn owner(&self, hash: u32) -> &Table {
         match &self.old {
             Some(old) if u64::from(hash) >= self.threshold => old,
@@ -197,33 +239,59 @@ impl Index {
     /// so that a later lookup does not wait for memory. Pipelined requests
     /// prefetch all their slots first (memory-level parallelism).
     pub fn prefetch(&self, hash: u32) {
+        let hash = unmarked(hash);
         let table = self.owner(hash);
         let home = table.home(hash).max(table.floor);
         if let Some(slot) = table.slots.get(home) {
-            prefetch_read(slot as *const u64 as *const u8);
+            prefetch_read(slot.as_ptr() as *const u8);
         }
     }
 
     /// The location in the first slot holding `hash`, without confirming
     /// the key: a guess good enough to prefetch the record.
     pub fn first_candidate(&self, hash: u32) -> Option<Loc> {
+        let hash = unmarked(hash);
         let table = self.owner(hash);
-        table.search(hash, &mut |_| true).ok().map(|pos| entry_loc(table.slots[pos]))
+        table.search(hash, &mut |_| true).ok().map(|pos| entry_loc(table.slots[pos].get()))
     }
 
     /// The location of the key with `hash` that `is_key` confirms.
     pub fn get(&self, hash: u32, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let hash = unmarked(hash);
         let table = self.owner(hash);
-        table.search(hash, &mut is_key).ok().map(|pos| entry_loc(table.slots[pos]))
+        table.search(hash, &mut is_key).ok().map(|pos| entry_loc(table.slots[pos].get()))
     }
 
-    /// Points the key at `loc`, returning its previous location.
+    /// As `get`, and marks the entry as read.
+    pub fn get_marking(&self, hash: u32, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let hash = unmarked(hash);
+        let table = self.owner(hash);
+        let slot = &table.slots[table.search(hash, &mut is_key).ok()?];
+        let e = slot.get();
+        if e & MARK == 0 {
+            slot.set(e | MARK);
+        }
+        Some(entry_loc(e))
+    }
+
+    /// Whether the entry of `hash` at `loc` exists, and if so whether it
+    /// was read since it was written or last moved with its mark cleared.
+    pub fn mark_at(&self, hash: u32, loc: Loc) -> Option<bool> {
+        let hash = unmarked(hash);
+        let table = self.owner(hash);
+        let pos = table.search(hash, &mut |l| l == loc).ok()?;
+        Some(table.slots[pos].get() & MARK != 0)
+    }
+
+    /// Points the key at `loc`, returning its previous location. The entry
+    /// is unmarked: a write is not a read.
     pub fn upsert(&mut self, hash: u32, loc: Loc, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let hash = unmarked(hash);
         let table = self.owner_mut(hash);
         match table.search(hash, &mut is_key) {
             Ok(pos) => {
-                let prev = entry_loc(table.slots[pos]);
-                table.slots[pos] = entry(hash, loc);
+                let prev = entry_loc(table.slots[pos].get());
+                table.slots[pos].set(entry(hash, loc));
                 Some(prev)
             }
             Err(pos) => {
@@ -236,21 +304,25 @@ impl Index {
 
     /// Removes the key, returning its location.
     pub fn remove(&mut self, hash: u32, mut is_key: impl FnMut(Loc) -> bool) -> Option<Loc> {
+        let hash = unmarked(hash);
         let table = self.owner_mut(hash);
         let pos = table.search(hash, &mut is_key).ok()?;
-        let loc = entry_loc(table.slots[pos]);
+        let loc = entry_loc(table.slots[pos].get());
         table.remove_at(pos);
         self.migrate(MIGRATE_ENTRIES_PER_OP);
         Some(loc)
     }
 
     /// Moves an entry from `from` to `to` if the key still lives at `from`
-    /// (compaction copies a record and must not undo a newer write).
-    pub fn relocate(&mut self, hash: u32, from: Loc, to: Loc) -> bool {
+    /// (compaction copies a record and must not undo a newer write). The
+    /// mark is kept when `keep_mark` is set and cleared otherwise.
+    pub fn relocate(&mut self, hash: u32, from: Loc, to: Loc, keep_mark: bool) -> bool {
+        let hash = unmarked(hash);
         let table = self.owner_mut(hash);
         match table.search(hash, &mut |loc| loc == from) {
             Ok(pos) => {
-                table.slots[pos] = entry(hash, to);
+                let mark = if keep_mark { table.slots[pos].get() & MARK } else { 0 };
+                table.slots[pos].set(entry(hash, to) | mark);
                 true
             }
             Err(_) => false,
@@ -286,7 +358,7 @@ impl Index {
     /// Moves every entry, in order, into a table of `capacity` home slots.
     fn rebuild(&mut self, capacity: usize) {
         let mut next = Table::with_capacity(capacity);
-        for &e in self.cur.slots.iter().filter(|&&e| e != EMPTY) {
+        for e in self.cur.slots.iter().map(Cell::get).filter(|&e| e != EMPTY) {
             next.insert_new(e);
         }
         self.cur = next;
@@ -311,7 +383,7 @@ impl Index {
         let mut stop_after: Option<u32> = None;
         for table in parts.into_iter().flatten() {
             let mut i = table.home(start).max(table.floor);
-            while let Some(&e) = table.slots.get(i) {
+            while let Some(e) = table.at(i) {
                 i += 1;
                 if e == EMPTY || entry_hash(e) < start {
                     continue;
@@ -347,14 +419,14 @@ impl Index {
         let mut moved = 0;
         let mut scanned = 0;
         let mut last: Option<u32> = None;
-        while let Some(&e) = old.slots.get(old.floor) {
+        while let Some(e) = old.at(old.floor) {
             if e != EMPTY {
                 let hash = entry_hash(e);
                 if moved >= budget && last != Some(hash) {
                     break;
                 }
                 self.cur.insert_new(e);
-                old.slots[old.floor] = EMPTY;
+                old.slots[old.floor].set(EMPTY);
                 old.len -= 1;
                 moved += 1;
                 last = Some(hash);
@@ -495,9 +567,10 @@ mod sorted_batches {
         fn max_displacement(&self) -> usize {
             self.slots
                 .iter()
+                .map(Cell::get)
                 .enumerate()
-                .filter(|(_, &e)| e != EMPTY)
-                .map(|(i, &e)| i - self.home(entry_hash(e)))
+                .filter(|&(_, e)| e != EMPTY)
+                .map(|(i, e)| i - self.home(entry_hash(e)))
                 .max()
                 .unwrap_or(0)
         }

@@ -27,6 +27,9 @@ pub struct Log {
     pub next_seq: u64,
     /// Sealed segments whose tail or header has not been synced.
     pub unsynced: Vec<u32>,
+    /// Resident bytes of every segment but the active one (see
+    /// `resident_bytes`), recounted whenever the set of segments changes.
+    pub inactive_resident_bytes: u64,
 }
 
 impl Log {
@@ -99,26 +102,54 @@ impl Log {
         if len > self.segment_size() - segment::HEADER_BYTES {
             return Err(Error::ValueTooLarge { len: spec.value.len(), limit: self.segment_size() / 2 });
         }
-        self.append_with(len, |buf| spec.encode_into(buf)).map(|loc| (loc, len))
+        let loc = self.append_with(len, spec.expires_at_ms, |buf| spec.encode_into(buf))?;
+        if spec.tombstone {
+            let (slot, _) = self.split(loc);
+            if let Some(seg) = self.segment_mut(slot) {
+                seg.tombstone_bytes += len as u64;
+            }
+        }
+        Ok((loc, len))
     }
 
-    /// Appends an encoded record verbatim (compaction's copies).
-    pub fn append_raw(&mut self, raw: &[u8]) -> Result<Loc> {
+    /// Appends an encoded record verbatim (copies by compaction and
+    /// eviction); `expires_at_ms` is the record's expiry.
+    pub fn append_raw(&mut self, raw: &[u8], expires_at_ms: Option<u64>) -> Result<Loc> {
         assert!(raw.len() % RECORD_ALIGN_BYTES == 0 && raw.len() <= self.segment_size() - segment::HEADER_BYTES);
-        self.append_with(raw.len(), |buf| buf.copy_from_slice(raw))
+        self.append_with(raw.len(), expires_at_ms, |buf| buf.copy_from_slice(raw))
     }
 
-    fn append_with(&mut self, len: usize, write: impl Fn(&mut [u8])) -> Result<Loc> {
+    fn append_with(&mut self, len: usize, expires_at_ms: Option<u64>, write: impl Fn(&mut [u8])) -> Result<Loc> {
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
         if let Some(offset) = seg.append_with(len, &write) {
+            seg.note_expiry(expires_at_ms);
             return Ok(self.loc(active, offset));
         }
         self.roll()?;
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
         let offset = seg.append_with(len, &write).expect("a record that fits an empty segment");
+        seg.note_expiry(expires_at_ms);
         Ok(self.loc(active, offset))
+    }
+
+    /// Bytes of segment mappings that can be resident in memory.
+    pub fn resident_bytes(&self) -> u64 {
+        self.inactive_resident_bytes + self.segment(self.active).map_or(0, Segment::resident_bytes)
+    }
+
+    /// Recounts `inactive_resident_bytes` after segments came or went.
+    pub fn recount_resident(&mut self) {
+        let active = self.active as usize;
+        self.inactive_resident_bytes = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|&(slot, _)| slot != active)
+            .filter_map(|(_, s)| s.as_ref())
+            .map(Segment::resident_bytes)
+            .sum();
     }
 
     /// Seals the active segment and opens a fresh one.
@@ -142,6 +173,7 @@ impl Log {
             self.segments[slot as usize] = Some(fresh);
         }
         self.active = slot;
+        self.recount_resident();
         Ok(())
     }
 
@@ -208,6 +240,7 @@ impl Log {
         while matches!(self.segments.last(), Some(None)) {
             self.segments.pop();
         }
+        self.recount_resident();
         Ok(())
     }
 

@@ -71,6 +71,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         active: u32::MAX,
         next_seq: floor.unwrap_or(0),
         unsynced: Vec::new(),
+        inactive_resident_bytes: 0,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
         let slot = seg.header.slot as usize;
@@ -111,9 +112,14 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         compaction: None,
         scratch: Vec::new(),
         counters: Counters::default(),
+        sweep: None,
         _lock: lock,
     };
-    if !report.hint_used {
+    if report.hint_used {
+        // The checkpoint does not say which segments hold expiring
+        // records: let the expiry sweep look at each once.
+        store.log.segments.iter_mut().flatten().for_each(|s| s.expiry_min_ms = 0);
+    } else {
         // Scan every segment first, so that the index is sized once for
         // all of them, then apply them oldest first.
         let batches: Vec<Vec<Found>> =
@@ -164,6 +170,8 @@ impl Store {
         let now = self.now_ms();
         let mut pos = HEADER_BYTES;
         let mut found: Vec<Found> = Vec::new();
+        let mut expiry_min_ms = u64::MAX;
+        let mut tombstone_bytes = 0;
         let cut = loop {
             let seg = self.log.segment(slot).expect("segment being scanned");
             match scan::next(seg.bytes(), pos, limit, sealed) {
@@ -174,6 +182,10 @@ impl Store {
                         len: view.len as u32,
                         live: !view.tombstone && !view.is_expired(now),
                     });
+                    expiry_min_ms = expiry_min_ms.min(view.expires_at_ms.unwrap_or(u64::MAX));
+                    if view.tombstone {
+                        tombstone_bytes += view.len as u64;
+                    }
                     pos = offset + view.len;
                 }
                 Step::Corrupt { offset, resume } => {
@@ -195,6 +207,8 @@ impl Store {
         report.bytes_scanned += (cut - HEADER_BYTES) as u64;
         let seg = self.log.segment_mut(slot).expect("segment being scanned");
         seg.end = cut;
+        seg.expiry_min_ms = expiry_min_ms;
+        seg.tombstone_bytes = tombstone_bytes;
         if !sealed {
             seg.seal();
             self.log.unsynced.push(slot);

@@ -1,5 +1,6 @@
 //! Walking the records of one segment, deciding what bytes that do not
-//! decode mean. Used by recovery and by compaction.
+//! decode mean. Used by recovery, compaction, eviction and the expiry
+//! sweep.
 
 use crate::record::{self, RecordView, HEADER_MIN_BYTES};
 
@@ -46,5 +47,39 @@ pub fn next(bytes: &[u8], pos: usize, limit: usize, sealed: bool) -> Step<'_> {
         Step::Corrupt { offset: pos, resume: limit }
     } else {
         Step::End { offset: pos, clean: false }
+    }
+}
+
+/// One step of walking the records of a segment in use (compaction,
+/// eviction, the expiry sweep). Records are decoded without their CRC:
+/// walkers read headers and copy records verbatim, checksum included, so
+/// damage stays detectable instead of being laundered under a fresh one.
+#[derive(Debug)]
+pub enum Walk<'a> {
+    Record {
+        offset: usize,
+        view: RecordView<'a>,
+    },
+    /// A damaged record; continue at `resume`.
+    Damaged {
+        offset: usize,
+        resume: usize,
+    },
+    /// Bytes that decode only when checked: the walk cannot go on.
+    Unreadable {
+        offset: usize,
+    },
+    End,
+}
+
+/// The step at `pos` of a segment whose records end at `end`.
+pub fn walk(bytes: &[u8], pos: usize, end: usize) -> Walk<'_> {
+    if let Some(Ok(view)) = bytes.get(pos..end).map(|b| record::decode(b, false)) {
+        return Walk::Record { offset: pos, view };
+    }
+    match next(bytes, pos, end, true) {
+        Step::Corrupt { offset, resume } => Walk::Damaged { offset, resume },
+        Step::Record { offset, .. } => Walk::Unreadable { offset },
+        Step::End { .. } => Walk::End,
     }
 }

@@ -25,6 +25,8 @@ pub const MAGIC: [u8; 8] = *b"RINGKVSG";
 pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_BYTES: usize = 32;
 const FLAG_SEALED: u8 = 1;
+/// Granularity of resident memory.
+const PAGE_BYTES: u64 = 4096;
 
 /// The fields of a segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,16 @@ pub struct Segment {
     pub damaged: bool,
     /// The header changed (sealed) since the last sync.
     header_dirty: bool,
+    /// No record here expires before this (Unix ms); `u64::MAX` when none
+    /// has an expiry. Kept in memory only; unknown (0) after a checkpoint
+    /// load, so that the expiry sweep looks once.
+    pub expiry_min_ms: u64,
+    /// The expiry sweep does not walk this segment again before this time.
+    pub sweep_after_ms: u64,
+    /// Bytes of tombstones here. Compaction must copy them while an older
+    /// segment exists, so they are not garbage to it (in memory only;
+    /// zero after a checkpoint load, which costs at most one extra copy).
+    pub tombstone_bytes: u64,
 }
 
 impl Segment {
@@ -150,6 +162,9 @@ impl Segment {
             synced_to: HEADER_BYTES,
             header_dirty: false,
             damaged: false,
+            expiry_min_ms: u64::MAX,
+            sweep_after_ms: 0,
+            tombstone_bytes: 0,
         })
     }
 
@@ -191,11 +206,27 @@ impl Segment {
             synced_to: end,
             header_dirty: false,
             damaged: false,
+            expiry_min_ms: u64::MAX,
+            sweep_after_ms: 0,
+            tombstone_bytes: 0,
         })
     }
 
     pub fn size(&self) -> usize {
         self.map.len()
+    }
+
+    /// Bytes of the mapping that can be resident: the pages up to the end
+    /// of the records (the rest of the preallocated file is never touched).
+    pub fn resident_bytes(&self) -> u64 {
+        (self.end as u64).next_multiple_of(PAGE_BYTES)
+    }
+
+    /// Notes a record expiring at `at` appended here.
+    pub fn note_expiry(&mut self, at: Option<u64>) {
+        if let Some(at) = at {
+            self.expiry_min_ms = self.expiry_min_ms.min(at);
+        }
     }
 
     /// The mapped bytes, header included.

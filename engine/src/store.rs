@@ -9,6 +9,7 @@
 //!    `always` (group commit: many writes, one flush); `tick` syncs once a
 //!    second under `everysec`.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,18 @@ impl Clock {
     }
 }
 
+/// What a store does when its memory bound is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Writes that add data are refused with [`Error::OutOfMemory`];
+    /// nothing stored is ever dropped (Redis' `noeviction`).
+    #[default]
+    Store,
+    /// The oldest segments are evicted, keeping the records read since
+    /// they were written (see docs/cache.md).
+    Cache,
+}
+
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,6 +83,10 @@ pub struct Config {
     /// random overwrites (docs/benchmarks.md).
     pub compaction_garbage_ratio_min: f64,
     pub clock: Clock,
+    pub mode: Mode,
+    /// Bound on the index plus the resident bytes of the segments;
+    /// `None` for no bound. Required in cache mode.
+    pub memory_max_bytes: Option<u64>,
 }
 
 /// Default segment size: large enough that a segment's fixed costs (a
@@ -78,6 +95,21 @@ pub const SEGMENT_SIZE_DEFAULT_BYTES: u64 = 64 << 20;
 pub const SEGMENT_SIZE_MIN_BYTES: u64 = 64 << 10;
 pub const SEGMENT_SIZE_MAX_BYTES: u64 = 1 << 30;
 pub const VALUE_LEN_DEFAULT_MAX_BYTES: usize = 16 << 20;
+/// A memory bound must hold at least this many segments: eviction frees a
+/// segment at a time and keeps one segment of headroom.
+pub const MEMORY_BOUND_MIN_SEGMENTS: u64 = 8;
+/// Segments per memory bound when the segment size follows the bound, so
+/// that the headroom and the half-filled active segment stay near 2%.
+const MEMORY_BOUND_SEGMENTS: u64 = 64;
+
+/// The segment size for a store bounded to `memory_max_bytes`: a 64th of
+/// the bound, as a power of two within the segment size limits and at most
+/// the default size.
+pub fn segment_size_for_memory(memory_max_bytes: u64) -> u64 {
+    let target = (memory_max_bytes / MEMORY_BOUND_SEGMENTS).max(1);
+    let floor_pow2 = 1u64 << (63 - target.leading_zeros());
+    floor_pow2.clamp(SEGMENT_SIZE_MIN_BYTES, SEGMENT_SIZE_DEFAULT_BYTES)
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -88,6 +120,8 @@ impl Default for Config {
             verify_reads: true,
             compaction_garbage_ratio_min: 0.5,
             clock: Clock::System,
+            mode: Mode::Store,
+            memory_max_bytes: None,
         }
     }
 }
@@ -102,6 +136,17 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.compaction_garbage_ratio_min) {
             return Err(Error::Config("compaction garbage ratio must be within 0..=1".into()));
+        }
+        match self.memory_max_bytes {
+            None if self.mode == Mode::Cache => {
+                return Err(Error::Config("cache mode needs a memory bound".into()));
+            }
+            Some(max) if max < MEMORY_BOUND_MIN_SEGMENTS * size => {
+                return Err(Error::Config(format!(
+                    "memory bound {max} bytes is under {MEMORY_BOUND_MIN_SEGMENTS} segments of {size} bytes"
+                )));
+            }
+            _ => {}
         }
         Ok(size.trailing_zeros() as u8)
     }
@@ -176,7 +221,59 @@ pub struct Stats {
     pub compactions: u64,
     pub compacted_bytes: u64,
     pub expired_reclaimed: u64,
+    /// Read lookups that found a live key, and those that did not.
+    pub hits: u64,
+    pub misses: u64,
+    /// Keys and segments dropped to stay under the memory bound.
+    pub evicted_keys: u64,
+    pub evicted_segments: u64,
+    /// Index plus resident segment bytes, as the bound counts them.
+    pub memory_used_bytes: u64,
+    /// The bound; 0 when there is none.
+    pub memory_max_bytes: u64,
     pub poisoned: bool,
+}
+
+impl Stats {
+    /// Adds another shard's figures (for node totals).
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            keys,
+            live_bytes,
+            dead_bytes,
+            segments,
+            segment_bytes,
+            index_bytes,
+            syncs,
+            compactions,
+            compacted_bytes,
+            expired_reclaimed,
+            hits,
+            misses,
+            evicted_keys,
+            evicted_segments,
+            memory_used_bytes,
+            memory_max_bytes,
+            poisoned,
+        } = other;
+        self.keys += keys;
+        self.live_bytes += live_bytes;
+        self.dead_bytes += dead_bytes;
+        self.segments += segments;
+        self.segment_bytes += segment_bytes;
+        self.index_bytes += index_bytes;
+        self.syncs += syncs;
+        self.compactions += compactions;
+        self.compacted_bytes += compacted_bytes;
+        self.expired_reclaimed += expired_reclaimed;
+        self.hits += hits;
+        self.misses += misses;
+        self.evicted_keys += evicted_keys;
+        self.evicted_segments += evicted_segments;
+        self.memory_used_bytes += memory_used_bytes;
+        self.memory_max_bytes += memory_max_bytes;
+        self.poisoned |= poisoned;
+    }
 }
 
 /// One shard's store. Owned by one thread; no internal locking.
@@ -189,6 +286,8 @@ pub struct Store {
     pub(crate) poisoned: Option<String>,
     pub(crate) last_sync_ms: u64,
     pub(crate) compaction: Option<crate::compaction::Cursor>,
+    /// The expiry sweep's progress through a segment.
+    pub(crate) sweep: Option<crate::expiry::Cursor>,
     /// Reused buffer for records copied within the log.
     pub(crate) scratch: Vec<u8>,
     pub(crate) counters: Counters,
@@ -205,6 +304,11 @@ pub(crate) struct Counters {
     pub compactions: u64,
     pub compacted_bytes: u64,
     pub expired_reclaimed: u64,
+    /// Cells: reads take `&self`.
+    pub hits: Cell<u64>,
+    pub misses: Cell<u64>,
+    pub evicted_keys: u64,
+    pub evicted_segments: u64,
 }
 
 /// Hash of a key: the ring routes on all 64 bits of it.
@@ -256,20 +360,31 @@ impl Store {
 
     /// Finds the key's record if it has not expired.
     fn find_live(&self, key: &[u8], hash: u32) -> Option<(Loc, RecordView<'_>)> {
-        self.find_live_checked(key, hash, self.config.verify_reads)
+        self.find_live_checked(key, hash, self.config.verify_reads, false)
     }
 
-    fn find_live_checked(&self, key: &[u8], hash: u32, verify: bool) -> Option<(Loc, RecordView<'_>)> {
+    /// A client's read: counted as a hit or a miss, and in cache mode the
+    /// key is marked as read so that eviction keeps it.
+    fn lookup(&self, key: &[u8]) -> Option<RecordView<'_>> {
+        let mark = self.config.mode == Mode::Cache;
+        let found = self.find_live_checked(key, self.index_hash(key), self.config.verify_reads, mark);
+        let counter = if found.is_some() { &self.counters.hits } else { &self.counters.misses };
+        counter.set(counter.get() + 1);
+        found.map(|(_, v)| v)
+    }
+
+    fn find_live_checked(&self, key: &[u8], hash: u32, verify: bool, mark: bool) -> Option<(Loc, RecordView<'_>)> {
         let log = &self.log;
         // One decode: the view that matched the key is the one served.
         let mut found = None;
-        let loc = self.index.get(hash, |loc| match log.unchecked(loc) {
+        let is_key = |loc| match log.unchecked(loc) {
             Some(v) if v.key == key => {
                 found = Some(v);
                 true
             }
             _ => false,
-        })?;
+        };
+        let loc = if mark { self.index.get_marking(hash, is_key) } else { self.index.get(hash, is_key) }?;
         let view = found?;
         if verify && !view.checksum_ok() {
             log.report_damage(loc);
@@ -299,22 +414,22 @@ impl Store {
 
     /// The value of a live key, straight from the mapping.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.find_live(key, self.index_hash(key)).map(|(_, v)| v.value)
+        self.lookup(key).map(|v| v.value)
     }
 
     /// The value and expiry of a live key.
     pub fn get_entry(&self, key: &[u8]) -> Option<Entry<'_>> {
-        self.find_live(key, self.index_hash(key)).map(|(_, v)| Entry { value: v.value, expires_at_ms: v.expires_at_ms })
+        self.lookup(key).map(|v| Entry { value: v.value, expires_at_ms: v.expires_at_ms })
     }
 
     pub fn exists(&self, key: &[u8]) -> bool {
-        self.find_live(key, self.index_hash(key)).is_some()
+        self.lookup(key).is_some()
     }
 
     pub fn ttl(&self, key: &[u8]) -> Ttl {
-        match self.find_live(key, self.index_hash(key)) {
+        match self.lookup(key) {
             None => Ttl::Missing,
-            Some((_, v)) => match v.expires_at_ms {
+            Some(v) => match v.expires_at_ms {
                 None => Ttl::Persistent,
                 Some(at) => Ttl::Remaining { ms: at.saturating_sub(self.now_ms()) },
             },
@@ -344,6 +459,7 @@ impl Store {
     /// Stores `value` under `key` as `opts` say.
     pub fn set(&mut self, key: &[u8], value: &[u8], opts: SetOptions) -> Result<SetOutcome> {
         self.check_writable(key, value.len())?;
+        self.make_room(true)?;
         let hash = self.index_hash(key);
         // The common plain SET needs nothing from the old record: append
         // and repoint, one index search, no clock read.
@@ -354,7 +470,7 @@ impl Store {
         let now = self.now_ms();
         // The old value is checked only when it is handed back.
         let verify = opts.return_old && self.config.verify_reads;
-        let (exists, keep_expiry, old) = match self.find_live_checked(key, hash, verify) {
+        let (exists, keep_expiry, old) = match self.find_live_checked(key, hash, verify, false) {
             Some((_, v)) => (true, v.expires_at_ms, opts.return_old.then(|| v.value.to_vec())),
             None => (false, None, None),
         };
@@ -387,9 +503,10 @@ impl Store {
         self.poison_on_sync_failure(result)
     }
 
-    /// Appends an already-encoded record (compaction's copies).
-    pub(crate) fn append_raw(&mut self, raw: &[u8]) -> Result<Loc> {
-        let result = self.log.append_raw(raw);
+    /// Appends an already-encoded record (copies by compaction and
+    /// eviction).
+    pub(crate) fn append_raw(&mut self, raw: &[u8], expires_at_ms: Option<u64>) -> Result<Loc> {
+        let result = self.log.append_raw(raw, expires_at_ms);
         self.poison_on_sync_failure(result)
     }
 
@@ -435,6 +552,7 @@ impl Store {
     /// Deletes a key; true when it existed and had not expired.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         self.check_writable(key, 0)?;
+        self.make_room(false)?;
         self.delete_hashed(key, self.index_hash(key))
     }
 
@@ -458,6 +576,7 @@ impl Store {
     /// key does not exist.
     pub fn expire_at(&mut self, key: &[u8], expires_at_ms: Option<u64>) -> Result<bool> {
         self.check_writable(key, 0)?;
+        self.make_room(false)?;
         let hash = self.index_hash(key);
         let Some((loc, view)) = self.find_live(key, hash) else {
             return Ok(false);
@@ -550,6 +669,7 @@ impl Store {
         crate::segment::sync_dir(&self.log.dir)?;
         self.index.clear();
         self.compaction = None;
+        self.sweep = None;
         Ok(())
     }
 
@@ -569,6 +689,12 @@ impl Store {
             compactions: self.counters.compactions,
             compacted_bytes: self.counters.compacted_bytes,
             expired_reclaimed: self.counters.expired_reclaimed,
+            hits: self.counters.hits.get(),
+            misses: self.counters.misses.get(),
+            evicted_keys: self.counters.evicted_keys,
+            evicted_segments: self.counters.evicted_segments,
+            memory_used_bytes: self.memory_used_bytes(),
+            memory_max_bytes: self.config.memory_max_bytes.unwrap_or(0),
             poisoned: self.poisoned.is_some(),
             ..Stats::default()
         };
@@ -612,13 +738,15 @@ impl Store {
     }
 
     /// Periodic work for the owning thread: the once-a-second sync of
-    /// `everysec`, a bounded compaction step and index growth. Returns true
-    /// when it did compaction work (call again soon).
+    /// `everysec`, a bounded step of the expiry sweep, a bounded compaction
+    /// step and index growth. Returns true when it did compaction work
+    /// (call again soon).
     pub fn tick(&mut self) -> Result<bool> {
         if self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000 {
             self.sync()?;
         }
         self.index.migrate(1024);
+        self.sweep_step(SWEEP_STEP_BYTES);
         self.compact_step(COMPACTION_STEP_BYTES)
     }
 
@@ -634,3 +762,6 @@ impl Store {
 /// Bytes of records one compaction step examines: small enough that a step
 /// costs tens of microseconds, so requests interleaved with it stay fast.
 pub const COMPACTION_STEP_BYTES: usize = 256 << 10;
+/// Bytes of records one expiry sweep step walks (it reads headers, not
+/// values): at a tick every 10 ms, at most 25 MiB of log a second.
+pub const SWEEP_STEP_BYTES: usize = 256 << 10;

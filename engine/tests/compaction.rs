@@ -102,3 +102,33 @@ fn deleted_keys_stay_deleted_after_their_tombstones_segment_is_compacted() {
         assert_eq!(store.get(format!("filler{k}").as_bytes()), Some(&[2u8; 200][..]));
     }
 }
+
+/// Tombstones must be copied while older segments exist. A segment made of
+/// them is not garbage: compacting it would write another such segment,
+/// forever (this once looped until the test gave up).
+#[test]
+fn segments_of_tombstones_do_not_compact_into_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    // A cold segment that stays, then many keys deleted.
+    for k in 0..200u32 {
+        store.set(format!("cold{k}").as_bytes(), &[7u8; 200], SetOptions::default()).unwrap();
+    }
+    for k in 0..4000u32 {
+        store.set(format!("key{k}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
+    }
+    for k in 0..4000u32 {
+        assert!(store.delete(format!("key{k}").as_bytes()).unwrap());
+    }
+    compact_fully(&mut store);
+    let stats = store.stats();
+    assert!(stats.compactions < 40, "{stats:?}");
+    assert!(stats.compacted_bytes < 8 << 20, "{stats:?}");
+    for k in 0..200u32 {
+        assert_eq!(store.get(format!("cold{k}").as_bytes()), Some(&[7u8; 200][..]));
+    }
+    for k in 0..4000u32 {
+        assert_eq!(store.get(format!("key{k}").as_bytes()), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! The memory bound: what counts, and what happens when it is reached.
+//!
+//! Memory used is the index (with room for its next growth step once that
+//! step is near) plus the resident bytes of every segment: the pages up to
+//! the end of its records. Each write checks that one segment of headroom
+//! remains under the bound: the room the active segment may still fill and
+//! eviction's copies need. When it does not:
+//! - in store mode, a write that adds data fails with `OutOfMemory`
+//!   (deletes and expiry changes still go through: they free memory, and
+//!   the headroom covers their tombstones);
+//! - in cache mode, the oldest segment is evicted until the headroom is
+//!   back.
+//!
+//! Eviction of a segment (docs/cache.md says why this policy): records
+//! that were read since they were written or last moved, and have not
+//! expired, are copied to the head with their mark cleared (a second
+//! chance, as CLOCK gives); the rest leave the index; the file is deleted.
+//! At most seven eighths of a segment is kept per eviction, so every
+//! eviction frees at least an eighth of a segment and a write never waits
+//! on more than a bounded number of them. Always the *oldest* segment: no
+//! older version of any key exists, so dropping its records and tombstones
+//! can never bring an older value back at recovery.
+
+use crate::error::{Error, Result};
+use crate::scan::{self, Walk};
+use crate::segment::HEADER_BYTES;
+use crate::store::{Mode, Store};
+
+impl Store {
+    /// Index plus resident segment bytes, as the bound counts them.
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.log.resident_bytes() + self.index.heap_bytes_projected() as u64
+    }
+
+    /// Makes sure one segment of headroom remains under the bound before a
+    /// write. `adds_data` is false for deletes and expiry changes.
+    pub(crate) fn make_room(&mut self, adds_data: bool) -> Result<()> {
+        let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
+        let headroom = self.log.segment_size() as u64;
+        loop {
+            let used_bytes = self.memory_used_bytes();
+            if used_bytes + headroom <= limit_bytes {
+                return Ok(());
+            }
+            let evicted = match self.config.mode {
+                Mode::Cache => self.evict_oldest()?,
+                Mode::Store => false,
+            };
+            if !evicted {
+                // Nothing (more) can be freed now: compaction may still
+                // reclaim garbage later.
+                return if adds_data { Err(Error::OutOfMemory { used_bytes, limit_bytes }) } else { Ok(()) };
+            }
+        }
+    }
+
+    /// Evicts the oldest sealed segment. False when there is none.
+    pub(crate) fn evict_oldest(&mut self) -> Result<bool> {
+        let active = self.log.active;
+        let victim = self
+            .log
+            .by_seq()
+            .into_iter()
+            .find(|&slot| slot != active && self.log.segment(slot).is_some_and(|s| s.header.sealed && !s.damaged));
+        let Some(slot) = victim else { return Ok(false) };
+        if self.compaction.as_ref().is_some_and(|c| c.slot == slot) {
+            self.compaction = None;
+        }
+        if self.sweep.as_ref().is_some_and(|c| c.slot == slot) {
+            self.sweep = None;
+        }
+        let now = self.now_ms();
+        let keep_max_bytes = (self.log.segment_size() - HEADER_BYTES) / 8 * 7;
+        let mut kept_bytes = 0;
+        let mut pos = HEADER_BYTES;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = loop {
+            let Some(seg) = self.log.segment(slot) else { break Ok(()) };
+            let bytes = seg.bytes();
+            let (offset, len, expires_at_ms, key_start, key_len) = match scan::walk(bytes, pos, seg.end) {
+                Walk::Record { view, .. } if view.tombstone => {
+                    pos += view.len;
+                    continue;
+                }
+                Walk::Record { offset, view } => {
+                    scratch.clear();
+                    scratch.extend_from_slice(&bytes[offset..offset + view.len]);
+                    let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
+                    (offset, view.len, view.expires_at_ms, key_start, view.key.len())
+                }
+                Walk::Damaged { resume, .. } => {
+                    pos = resume;
+                    continue;
+                }
+                Walk::Unreadable { .. } | Walk::End => break Ok(()),
+            };
+            pos = offset + len;
+            let hash = self.index_hash(&scratch[key_start..key_start + key_len]);
+            let here = self.log.loc(slot, offset);
+            let Some(marked) = self.index.mark_at(hash, here) else { continue };
+            let expired = expires_at_ms.is_some_and(|at| at <= now);
+            if marked && !expired && kept_bytes + len <= keep_max_bytes {
+                match self.append_raw(&scratch, expires_at_ms) {
+                    Ok(to) => {
+                        self.log.mark_live(to, len);
+                        self.index.relocate(hash, here, to, false);
+                        kept_bytes += len;
+                    }
+                    Err(err) => break Err(err),
+                }
+            } else {
+                self.index.remove(hash, |l| l == here);
+                if expired {
+                    self.counters.expired_reclaimed += 1;
+                } else {
+                    self.counters.evicted_keys += 1;
+                }
+            }
+            self.log.mark_dead(here, len);
+        };
+        self.scratch = scratch;
+        result?;
+        // Whatever the walk could not read leaves the index too: the
+        // segment is about to go.
+        self.drop_index_entries_in(slot);
+        if self.config.fsync == crate::FsyncPolicy::Always {
+            // The copies must be durable before the only other copy goes.
+            // Under `everysec` a crash may lose the copies of the last
+            // second, as it loses that second's writes: a cache's promise.
+            self.sync()?;
+        }
+        tracing::debug!(slot, kept_bytes, "segment evicted");
+        self.log.remove_segment(slot)?;
+        self.counters.evicted_segments += 1;
+        Ok(true)
+    }
+
+    /// Removes every index entry that points into `slot`. Only damage
+    /// found after recovery can leave any, so this is a rare full pass.
+    fn drop_index_entries_in(&mut self, slot: u32) {
+        if self.log.segment(slot).is_none_or(|s| s.live_bytes == 0) {
+            return;
+        }
+        let mut doomed = Vec::new();
+        self.index.scan_from(0, |hash, loc| {
+            if self.log.split(loc).0 == slot {
+                doomed.push((hash, loc));
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        tracing::error!(slot, keys = doomed.len(), "evicted segment held records that could not be read");
+        for (hash, loc) in doomed {
+            self.index.remove(hash, |l| l == loc);
+            self.counters.evicted_keys += 1;
+        }
+    }
+}
