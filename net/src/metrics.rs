@@ -160,6 +160,17 @@ pub async fn render(shared: &Shared) -> String {
     family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));
     family("ringkv_compacted_bytes_total", "counter", "Bytes examined by compaction.", store(&|s| s.compacted_bytes));
     family("ringkv_expired_total", "counter", "Expired keys reclaimed.", store(&|s| s.expired_reclaimed));
+    family("ringkv_keyspace_hits_total", "counter", "Reads that found their key.", store(&|s| s.hits));
+    family("ringkv_keyspace_misses_total", "counter", "Reads that did not find their key.", store(&|s| s.misses));
+    family("ringkv_evicted_keys_total", "counter", "Keys evicted to stay under the bound.", store(&|s| s.evicted_keys));
+    family("ringkv_evicted_segments_total", "counter", "Segments evicted.", store(&|s| s.evicted_segments));
+    family(
+        "ringkv_memory_used_bytes",
+        "gauge",
+        "Index plus resident segment bytes, as the memory bound counts them.",
+        store(&|s| s.memory_used_bytes),
+    );
+    family("ringkv_memory_max_bytes", "gauge", "The shard's memory bound (0: none).", store(&|s| s.memory_max_bytes));
     family(
         "ringkv_poisoned",
         "gauge",

@@ -153,16 +153,7 @@ pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
     let mut sum = engine::Stats::default();
     for r in results {
         if let OpResult::Stats(s) = r {
-            sum.keys += s.keys;
-            sum.live_bytes += s.live_bytes;
-            sum.dead_bytes += s.dead_bytes;
-            sum.segments += s.segments;
-            sum.segment_bytes += s.segment_bytes;
-            sum.index_bytes += s.index_bytes;
-            sum.syncs += s.syncs;
-            sum.compactions += s.compactions;
-            sum.expired_reclaimed += s.expired_reclaimed;
-            sum.poisoned |= s.poisoned;
+            sum.add(s);
         }
     }
     let shared = &shard.shared;
@@ -170,14 +161,24 @@ pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
         shared.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
     };
     format!(
-        "shards:{}\nkeys:{}\nlive_bytes:{}\ndead_bytes:{}\nsegments:{}\nsegment_bytes:{}\nindex_bytes:{}\nsyncs:{}\ncompactions:{}\nexpired_reclaimed:{}\npoisoned:{}\ntotal_commands_processed:{}\nconnected_clients:{}\ntotal_connections_received:{}\ncross_shard_hops:{}\ntotal_net_input_bytes:{}\ntotal_net_output_bytes:{}\nprocess_cpu_ms:{}\nuptime_ms:{}\n",
+        "shards:{}\nmode:{}\nkeys:{}\nlive_bytes:{}\ndead_bytes:{}\nsegments:{}\nsegment_bytes:{}\nindex_bytes:{}\nmemory_used_bytes:{}\nmemory_max_bytes:{}\nhits:{}\nmisses:{}\nevicted_keys:{}\nevicted_segments:{}\nsyncs:{}\ncompactions:{}\nexpired_reclaimed:{}\npoisoned:{}\ntotal_commands_processed:{}\nconnected_clients:{}\ntotal_connections_received:{}\ncross_shard_hops:{}\ntotal_net_input_bytes:{}\ntotal_net_output_bytes:{}\nprocess_cpu_ms:{}\nuptime_ms:{}\n",
         shared.counters.len(),
+        match shared.mode {
+            engine::Mode::Store => "store",
+            engine::Mode::Cache => "cache",
+        },
         sum.keys,
         sum.live_bytes,
         sum.dead_bytes,
         sum.segments,
         sum.segment_bytes,
         sum.index_bytes,
+        sum.memory_used_bytes,
+        shared.memory_max_bytes,
+        sum.hits,
+        sum.misses,
+        sum.evicted_keys,
+        sum.evicted_segments,
         sum.syncs,
         sum.compactions,
         sum.expired_reclaimed,

@@ -725,7 +725,8 @@ fn render_form(form: &Form, results: &[OpResult], shard: &Shard, out: &mut Bytes
 /// Store errors in Redis words where Redis has them.
 fn store_error(err: &str) -> String {
     if err.contains("store is full") {
-        format!("OOM command not allowed when used memory > 'maxmemory' ({err})")
+        // Redis' words exactly: clients match on them.
+        "OOM command not allowed when used memory > 'maxmemory'.".to_string()
     } else {
         format!("ERR {err}")
     }
@@ -1084,8 +1085,8 @@ fn config_get(patterns: &[Bytes], shard: &Shard) -> Vec<Bytes> {
         ("save", String::new()),
         ("appendonly", "yes".to_string()),
         ("appendfsync", fsync.to_string()),
-        ("maxmemory", "0".to_string()),
-        ("maxmemory-policy", "noeviction".to_string()),
+        ("maxmemory", shard.shared.memory_max_bytes.to_string()),
+        ("maxmemory-policy", shard.shared.maxmemory_policy().to_string()),
         ("databases", "1".to_string()),
         ("port", shard.shared.resp_port.unwrap_or(0).to_string()),
         ("proto-max-bulk-len", shard.shared.limits.value_max_bytes.to_string()),
@@ -1146,12 +1147,15 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
         out.push_str(&format!("# Clients\r\nconnected_clients:{}\r\n\r\n", field("connected_clients")));
     }
     if want("memory") {
-        let used =
-            field("segment_bytes").parse::<u64>().unwrap_or(0) + field("index_bytes").parse::<u64>().unwrap_or(0);
         out.push_str(&format!(
-            "# Memory\r\nused_memory:{used}\r\nused_memory_index:{}\r\nused_memory_live_data:{}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n",
+            "# Memory\r\nused_memory:{}\r\nused_memory_index:{}\r\nused_memory_live_data:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nringkv_mode:{}\r\nevicted_segments:{}\r\n\r\n",
+            field("memory_used_bytes"),
             field("index_bytes"),
             field("live_bytes"),
+            shared.memory_max_bytes,
+            shared.maxmemory_policy(),
+            field("mode"),
+            field("evicted_segments"),
         ));
     }
     if want("persistence") {
@@ -1164,12 +1168,15 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
     }
     if want("stats") {
         out.push_str(&format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nexpired_keys:{}\r\ncross_shard_hops:{}\r\nused_cpu_ms:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ncross_shard_hops:{}\r\nused_cpu_ms:{}\r\n\r\n",
             field("total_connections_received"),
             shared.total_commands(),
             field("total_net_input_bytes"),
             field("total_net_output_bytes"),
             field("expired_reclaimed"),
+            field("evicted_keys"),
+            field("hits"),
+            field("misses"),
             field("cross_shard_hops"),
             field("process_cpu_ms"),
         ));

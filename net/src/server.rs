@@ -43,7 +43,9 @@ pub struct ServerConfig {
     pub shards: usize,
     /// Shard i keeps its store in `data_dir/shard-i`.
     pub data_dir: PathBuf,
-    /// Store settings applied to every shard.
+    /// Store settings applied to every shard, except that
+    /// `memory_max_bytes` is the node's bound: each shard gets an equal
+    /// share of it.
     pub store: engine::Config,
     pub limits: Limits,
     pub requirepass: Option<String>,
@@ -192,6 +194,8 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         limits: config.limits.clone(),
         requirepass: config.requirepass.clone(),
         fsync: config.store.fsync,
+        mode: config.store.mode,
+        memory_max_bytes: config.store.memory_max_bytes.unwrap_or(0),
         shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
         started: Instant::now(),
         shutdown: watch::Sender::new(false),
@@ -207,7 +211,10 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let dir = config.data_dir.join(format!("shard-{id}"));
-        let store_config = config.store.clone();
+        let store_config = engine::Config {
+            memory_max_bytes: config.store.memory_max_bytes.map(|node| node / shards as u64),
+            ..config.store.clone()
+        };
         let pin = config.pin_cores.then_some(id % cpus);
         let grace = config.shutdown_grace;
         let thread = std::thread::Builder::new()

@@ -79,6 +79,9 @@ pub struct Shared {
     pub limits: Limits,
     pub requirepass: Option<String>,
     pub fsync: FsyncPolicy,
+    pub mode: engine::Mode,
+    /// The node's memory bound; 0 for none.
+    pub memory_max_bytes: u64,
     /// Ports of the shard-aware listeners, by shard.
     pub shard_ports: Vec<u16>,
     pub started: std::time::Instant,
@@ -96,6 +99,16 @@ impl Shared {
             return 0;
         }
         self.member_shard[self.ring.owner_of_key(key).get()]
+    }
+
+    /// The Redis `maxmemory-policy` name nearest to what the store does at
+    /// its bound. Cache mode keeps recently read keys and drops the rest,
+    /// with or without a TTL: Redis' name for that is `allkeys-lru`.
+    pub fn maxmemory_policy(&self) -> &'static str {
+        match self.mode {
+            engine::Mode::Store => "noeviction",
+            engine::Mode::Cache => "allkeys-lru",
+        }
     }
 
     pub fn total_commands(&self) -> u64 {

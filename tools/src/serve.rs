@@ -44,9 +44,22 @@ pub struct ServeArgs {
     /// Password clients must give (AUTH) before anything but PING.
     #[arg(long, env = "RINGKV_REQUIREPASS", hide_env_values = true)]
     requirepass: Option<String>,
-    /// Segment file size, in MiB (a power of two).
-    #[arg(long, default_value_t = 64)]
-    segment_mb: u64,
+    /// `store` keeps everything and refuses writes with an out-of-memory
+    /// error at --max-memory; `cache` evicts what is least read instead.
+    #[arg(long, value_enum, default_value_t = Mode::Store)]
+    mode: Mode,
+    /// Memory bound of the node, split evenly over its shards: index plus
+    /// resident segment bytes. Sizes as Redis reads them: `1gb` is 2^30
+    /// bytes, `1g` is 10^9; `kb`/`k`, `mb`/`m` likewise. Required in cache
+    /// mode; store mode is unbounded without it.
+    #[arg(long, value_parser = parse_memory_size)]
+    max_memory: Option<u64>,
+    /// Segment file size, in MiB (a power of two). Defaults to 64, or with
+    /// --max-memory to a 64th of a shard's share (at least 64 KiB), so that
+    /// eviction works in small steps. A store keeps the size it was
+    /// created with: pass the same value again to reopen it.
+    #[arg(long)]
+    segment_mb: Option<u64>,
     /// Largest value accepted, in bytes.
     #[arg(long, default_value_t = net::limits::VALUE_DEFAULT_MAX_BYTES)]
     max_value_bytes: usize,
@@ -62,6 +75,12 @@ pub struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Store,
+    Cache,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -81,16 +100,32 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         };
     let defaults = ServerConfig::default();
+    let shards = args.shards.unwrap_or(defaults.shards);
+    let mode = match args.mode {
+        Mode::Store => engine::Mode::Store,
+        Mode::Cache => engine::Mode::Cache,
+    };
+    if mode == engine::Mode::Cache && args.max_memory.is_none() {
+        eprintln!("ringkv serve: --mode cache needs --max-memory");
+        return ExitCode::from(2);
+    }
+    let segment_size_bytes = match (args.segment_mb, args.max_memory) {
+        (Some(mb), _) => mb << 20,
+        (None, Some(node)) => engine::segment_size_for_memory(node / shards.max(1) as u64),
+        (None, None) => engine::SEGMENT_SIZE_DEFAULT_BYTES,
+    };
     let config = ServerConfig {
         bind: args.bind,
         port: args.port,
         resp_port,
         metrics_port,
         shard_port_base: args.shard_port_base.unwrap_or(if args.port == 0 { 0 } else { args.port.saturating_add(1) }),
-        shards: args.shards.unwrap_or(defaults.shards),
+        shards,
         data_dir: args.data_dir,
         store: engine::Config {
-            segment_size_bytes: args.segment_mb << 20,
+            segment_size_bytes,
+            mode,
+            memory_max_bytes: args.max_memory,
             fsync: match args.fsync {
                 Fsync::Always => FsyncPolicy::Always,
                 Fsync::Everysec => FsyncPolicy::EverySec,
@@ -137,6 +172,27 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// A memory size as Redis' `memtoll` reads it: a number with an optional
+/// unit, `b`, `k`/`kb`, `m`/`mb`, `g`/`gb` (the `b` forms are powers of
+/// 1024, the others of 1000), case-insensitive.
+fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use b, k, kb, m, mb, g or gb)")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size such as 256mb or 4gb"))?;
+    n.checked_mul(scale).filter(|&b| b > 0).ok_or_else(|| format!("{text:?} is out of range"))
+}
+
 /// A port flag that also takes `off`.
 fn optional_port(flag: &str, value: &str) -> Result<Option<u16>, String> {
     match value {
@@ -156,4 +212,21 @@ fn wait_for_signal() {
             _ = int.recv() => {}
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_memory_size;
+
+    #[test]
+    fn memory_sizes_read_as_redis_reads_them() {
+        assert_eq!(parse_memory_size("256mb"), Ok(256 << 20));
+        assert_eq!(parse_memory_size("4GB"), Ok(4 << 30));
+        assert_eq!(parse_memory_size("1g"), Ok(1_000_000_000));
+        assert_eq!(parse_memory_size("100k"), Ok(100_000));
+        assert_eq!(parse_memory_size("12345"), Ok(12345));
+        for bad in ["", "mb", "12tb", "-5mb", "0", "1.5gb", "99999999999gb"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
