@@ -101,6 +101,37 @@ def redis_benchmark(server, port, args):
     return {"cpu": cpu, "rps": rps, "raw": out.strip().replace("\n", " | ")}
 
 
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def overload(server, bound, value_len, factor):
+    """Writes `factor` times `bound` bytes of fresh keys with redis-benchmark,
+    sampling the server's RSS every 20 ms; returns the RSS figures and the
+    server's CPU use."""
+    import threading
+    idle = rss_bytes(server.proc.pid)
+    peak = [idle]
+    done = threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes(server.proc.pid))
+            time.sleep(0.02)
+    t = threading.Thread(target=sample)
+    t.start()
+    n = factor * bound // value_len
+    r = redis_benchmark(server, server.resp, ["-t", "set", "-P", "16", "-c", "50", "-d", str(value_len),
+                                              "-r", "1000000000", "-n", str(n)])
+    done.set()
+    t.join()
+    r.update({"idle": idle, "peak": peak[0], "n": n})
+    return r
+
+
 def row(name, server, r):
     return (f"| {name} | {server} | {r['ops_s']:,.0f} | {r['server_ops']:,} | {r['cpu']:.2f} | "
             f"**{r['per_cpu']:,.0f}** | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} | {r['client_us']:.2f} | {r['errors']} |")
@@ -161,6 +192,27 @@ def main():
                 port = s.native if proto == "native" else s.resp
                 r = measure(s, lambda: ringkv_bench(port, proto, dur, a.seconds))
                 print(row("durable SET (fsync always), 50 conns", kind, r), flush=True)
+            finally:
+                s.stop()
+    # Cache mode: the memory bound under ten times the writes, and the
+    # throughput that costs against store mode below its bound.
+    if not a.only or "cache" in a.only:
+        bound, value_len = 64 << 20, 1000
+        print()
+        print("| 10x overload, SET -d 1000 -P 16 -c 50 | idle RSS MiB | peak RSS MiB | (peak - idle) / bound | "
+              "server CPU-s | SETs per server CPU-s |")
+        print("|---|---|---|---|---|---|")
+        for kind, flags in [("redis allkeys-lru", ["--maxmemory", str(bound), "--maxmemory-policy", "allkeys-lru"]),
+                            ("ringkv cache", ["--shards", "1", "--mode", "cache", "--max-memory", str(bound),
+                                              "--fsync", "never"]),
+                            ("ringkv store, bound 4 GiB (not reached)", ["--shards", "1", "--max-memory", "4gb",
+                                                                         "--fsync", "never"])]:
+            s = Server("redis" if kind.startswith("redis") else "ringkv", flags, work)
+            try:
+                r = overload(s, bound, value_len, 10)
+                print(f"| {kind} | {r['idle'] / 2**20:.1f} | {r['peak'] / 2**20:.1f} | "
+                      f"{(r['peak'] - r['idle']) / bound:.3f} | {r['cpu']:.2f} | **{r['n'] / r['cpu']:,.0f}** |",
+                      flush=True)
             finally:
                 s.stop()
     # redis-benchmark cross-check on the RESP port.

@@ -209,16 +209,16 @@ impl Index {
         table(&self.cur) + self.old.as_ref().map_or(0, table)
     }
 
-    /// Bytes the index will hold once its next growth step starts, when
-    /// that step is near (the table is within 10 points of its growth
-    /// fill) or under way: a memory bound must leave room for it before
-    /// it happens, since a step allocates a table 1.5 times the size.
-    pub fn heap_bytes_projected(&self) -> usize {
-        let now = self.heap_bytes();
+    /// Bytes the next growth step will allocate, once that step is near
+    /// (the table within 10 points of its growth fill; zero before, and
+    /// while a step is under way, whose table `heap_bytes` counts). A
+    /// memory bound must make room for it ahead: a step allocates a table
+    /// 1.5 times the size at once.
+    pub fn growth_reserve_bytes(&self) -> usize {
         if self.old.is_some() || self.cur.len * 100 <= self.cur.capacity * (LOAD_MAX_PERCENT - 10) {
-            return now;
+            return 0;
         }
-        now + (self.cur.capacity * GROWTH_NUM / GROWTH_DEN + OVERFLOW_SLOTS) * std::mem::size_of::<u64>()
+        (self.cur.capacity * GROWTH_NUM / GROWTH_DEN + OVERFLOW_SLOTS) * std::mem::size_of::<u64>()
     }
 
     fn owner(&self, hash: u32) -> &Table {

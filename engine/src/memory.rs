@@ -1,10 +1,10 @@
 //! The memory bound: what counts, and what happens when it is reached.
 //!
-//! Memory used is the index (with room for its next growth step once that
-//! step is near) plus the resident bytes of every segment: the pages up to
-//! the end of its records. Each write checks that one segment of headroom
-//! remains under the bound: the room the active segment may still fill and
-//! eviction's copies need. When it does not:
+//! Memory used is the index plus the resident bytes of every segment: the
+//! pages up to the end of its records. Each write checks that one segment
+//! of headroom remains under the bound (the room the active segment may
+//! still fill and eviction's copies need), and room for the index's next
+//! growth step once that step is near. When it does not:
 //! - in store mode, a write that adds data fails with `OutOfMemory`
 //!   (deletes and expiry changes still go through: they free memory, and
 //!   the headroom covers their tombstones);
@@ -29,7 +29,7 @@ use crate::store::{Mode, Store};
 impl Store {
     /// Index plus resident segment bytes, as the bound counts them.
     pub fn memory_used_bytes(&self) -> u64 {
-        self.log.resident_bytes() + self.index.heap_bytes_projected() as u64
+        self.log.resident_bytes() + self.index.heap_bytes() as u64
     }
 
     /// Makes sure one segment of headroom remains under the bound before a
@@ -39,7 +39,7 @@ impl Store {
         let headroom = self.log.segment_size() as u64;
         loop {
             let used_bytes = self.memory_used_bytes();
-            if used_bytes + headroom <= limit_bytes {
+            if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {
                 return Ok(());
             }
             let evicted = match self.config.mode {
