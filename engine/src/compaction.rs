@@ -140,7 +140,7 @@ impl Store {
         }
         tracing::debug!(slot = cur.slot, seq = cur.seq, "segment compacted");
         self.log.remove_segment(cur.slot)?;
-        crate::segment::sync_dir(&self.log.dir)?;
+        self.log.sync_dir()?;
         self.counters.compactions += 1;
         Ok(self.pick_victim().is_some())
     }

@@ -30,6 +30,11 @@ pub struct Log {
     /// Resident bytes of every segment but the active one (see
     /// `resident_bytes`), recounted whenever the set of segments changes.
     pub inactive_resident_bytes: u64,
+    /// Segments live in anonymous memory, not files (cache mode).
+    pub in_memory: bool,
+    /// The mapping of the last evicted memory segment and its resident
+    /// bytes, kept for the next segment.
+    pub spare: Option<(memmap2::MmapMut, usize)>,
 }
 
 impl Log {
@@ -135,8 +140,22 @@ impl Log {
     }
 
     /// Bytes of segment mappings that can be resident in memory.
+    /// Resident bytes of the segments, the spare mapping excluded.
     pub fn resident_bytes(&self) -> u64 {
         self.inactive_resident_bytes + self.segment(self.active).map_or(0, Segment::resident_bytes)
+    }
+
+    /// Resident bytes of the spare mapping.
+    pub fn spare_bytes(&self) -> u64 {
+        self.spare.as_ref().map_or(0, |(_, resident)| *resident as u64)
+    }
+
+    /// Makes directory changes durable; nothing to do for memory segments.
+    pub fn sync_dir(&self) -> Result<()> {
+        if self.in_memory {
+            return Ok(());
+        }
+        segment::sync_dir(&self.dir)
     }
 
     /// Recounts `inactive_resident_bytes` after segments came or went.
@@ -160,7 +179,11 @@ impl Log {
     /// segment is cheap at any fsync policy.
     pub fn roll(&mut self) -> Result<()> {
         let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
-        let fresh = Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?;
+        let fresh = if self.in_memory {
+            Segment::in_memory(slot, self.next_seq, self.size_log2, self.spare.take())?
+        } else {
+            Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?
+        };
         self.next_seq += 1;
         if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
             old.sync().map_err(|source| Error::SyncFailed { path: old.path.clone(), source })?;
@@ -232,9 +255,15 @@ impl Log {
     pub fn remove_segment(&mut self, slot: u32) -> Result<()> {
         assert_ne!(slot, self.active, "the active segment is never removed");
         if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::take) {
-            let path = seg.path.clone();
-            drop(seg);
-            std::fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+            if seg.is_in_memory() {
+                if self.spare.is_none() {
+                    self.spare = seg.into_reusable();
+                }
+            } else {
+                let path = seg.path.clone();
+                drop(seg);
+                std::fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+            }
         }
         self.unsynced.retain(|&s| s != slot);
         while matches!(self.segments.last(), Some(None)) {

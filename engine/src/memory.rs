@@ -1,7 +1,8 @@
 //! The memory bound: what counts, and what happens when it is reached.
 //!
 //! Memory used is the index plus the resident bytes of every segment: the
-//! pages up to the end of its records. Each write checks that one segment
+//! pages up to the end of its records (all of a recycled memory segment's,
+//! and of the spare mapping kept for the next one). Each write checks that one segment
 //! of headroom remains under the bound (the room the active segment may
 //! still fill and eviction's copies need), and room for the index's next
 //! growth step once that step is near. When it does not:
@@ -29,13 +30,15 @@ use crate::store::{Mode, Store};
 impl Store {
     /// Index plus resident segment bytes, as the bound counts them.
     pub fn memory_used_bytes(&self) -> u64 {
-        self.log.resident_bytes() + self.index.heap_bytes() as u64
+        self.log.resident_bytes() + self.log.spare_bytes() + self.index.heap_bytes() as u64
     }
 
     /// Makes sure one segment of headroom remains under the bound before a
     /// write. `adds_data` is false for deletes and expiry changes.
     pub(crate) fn make_room(&mut self, adds_data: bool) -> Result<()> {
         let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
+        // One segment of headroom: room for the active segment to fill,
+        // and for eviction's copies to roll into a new one.
         let headroom = self.log.segment_size() as u64;
         loop {
             let used_bytes = self.memory_used_bytes();

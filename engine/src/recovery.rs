@@ -24,7 +24,7 @@ use crate::index::{Index, Loc};
 use crate::log::Log;
 use crate::scan::{self, Step};
 use crate::segment::{self, Segment, HEADER_BYTES};
-use crate::store::{Config, Counters, Store};
+use crate::store::{Config, Counters, Mode, Store};
 
 const FLOOR_FILE: &str = "FLUSHED";
 const LOCK_FILE: &str = "LOCK";
@@ -62,6 +62,19 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     let size_log2 = config.validate()?;
     fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
     let lock = lock_dir(dir)?;
+    let in_memory = config.mode == Mode::Cache;
+    if in_memory
+        && fs::read_dir(dir)
+            .map_err(Error::io(format!("list {}", dir.display())))?
+            .flatten()
+            .any(|e| e.file_name().to_str().and_then(segment::parse_file_name).is_some())
+    {
+        // Never discard a store's data by starting a cache over it.
+        return Err(Error::Config(format!(
+            "{} holds segment files; cache mode keeps its data in memory: give it an empty directory",
+            dir.display()
+        )));
+    }
     let floor = read_floor(dir)?;
     let mut report = RecoveryReport::default();
     let mut log = Log {
@@ -72,6 +85,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         next_seq: floor.unwrap_or(0),
         unsynced: Vec::new(),
         inactive_resident_bytes: 0,
+        in_memory,
+        spare: None,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
         let slot = seg.header.slot as usize;

@@ -660,13 +660,15 @@ impl Store {
         let rolled = self.log.roll();
         self.poison_on_sync_failure(rolled)?;
         let floor = self.log.segment(self.log.active).expect("active").header.seq;
-        crate::recovery::write_floor(&self.log.dir, floor)?;
+        if !self.log.in_memory {
+            crate::recovery::write_floor(&self.log.dir, floor)?;
+        }
         for slot in self.log.by_seq() {
             if slot != self.log.active {
                 self.log.remove_segment(slot)?;
             }
         }
-        crate::segment::sync_dir(&self.log.dir)?;
+        self.log.sync_dir()?;
         self.index.clear();
         self.compaction = None;
         self.sweep = None;
@@ -753,6 +755,9 @@ impl Store {
     /// Syncs, seals and writes the index checkpoint so the next open skips
     /// the scan.
     pub fn close(mut self) -> Result<()> {
+        if self.log.in_memory {
+            return Ok(());
+        }
         self.log.seal_active();
         self.sync()?;
         crate::hint::write(&self)

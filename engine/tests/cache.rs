@@ -219,7 +219,7 @@ fn run_cache_model(ops: Vec<Op>) -> u64 {
     for (step, op) in ops.into_iter().enumerate() {
         let now = clock.load(Ordering::Relaxed);
         let s = store.as_mut().unwrap();
-        match op {
+        match op.clone() {
             Op::Set { key: k, len, ttl_ms } => {
                 let v = value(step as u64, len as usize);
                 let at = ttl_ms.map(|t| now + u64::from(t));
@@ -254,7 +254,7 @@ fn run_cache_model(ops: Vec<Op>) -> u64 {
             }
         }
         let s = store.as_mut().unwrap();
-        assert!(s.memory_used_bytes() <= MODEL_BOUND_BYTES);
+        assert!(s.memory_used_bytes() <= MODEL_BOUND_BYTES, "after {op:?}: {:?}", s.stats());
         let now = clock.load(Ordering::Relaxed);
         for (k, want) in &model {
             let got = s.get_entry(&key(u64::from(*k)));
