@@ -157,3 +157,29 @@ fn expired_keys_are_reclaimed_without_reads() {
     assert_eq!(info_field(&mut c, "keyspace_hits") + info_field(&mut c, "keyspace_misses"), 0);
     assert_eq!(c.call(&["GET", "persistent"]), Reply::Bulk(Some("stays".into())));
 }
+
+/// Runs `ringkv serve` with flags that must be refused; returns stderr.
+fn refused(data_dir: &std::path::Path, flags: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["serve", "--port", "0", "--resp-port", "0", "--no-pin", "--data-dir"])
+        .arg(data_dir)
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{flags:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn flags_that_cannot_hold_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(refused(dir.path(), &["--mode", "cache"]).contains("needs --max-memory"));
+    assert!(refused(dir.path(), &["--mode", "cache", "--max-memory", "64mb", "--fsync", "always"])
+        .contains("--fsync always cannot hold"));
+    assert!(refused(dir.path(), &["--max-memory", "12tb"]).contains("unknown unit"));
+    // A cache never starts over a store's data.
+    let node = Node::start(dir.path(), &["--shards", "1"]);
+    assert!(node.stop().success());
+    let err = refused(dir.path(), &["--shards", "1", "--mode", "cache", "--max-memory", "64mb"]);
+    assert!(err.contains("holds segment files"), "{err}");
+}

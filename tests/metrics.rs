@@ -37,6 +37,9 @@ fn a_scrape_reports_commands_keys_and_connections() {
     for i in 0..30 {
         c.call(&["GET", &format!("k{i}")]);
     }
+    for i in 0..7 {
+        c.call(&["GET", &format!("missing{i}")]);
+    }
     c.call(&["NOSUCHCOMMAND"]);
     // A batch's commandstats reach the shard once its replies are written,
     // so the last reply above has been counted when it arrived.
@@ -44,12 +47,16 @@ fn a_scrape_reports_commands_keys_and_connections() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("# TYPE ringkv_commands_total counter"));
     assert_eq!(total(&text, "ringkv_keys"), 50.0, "{text}");
-    assert!(total(&text, "ringkv_commands_total") >= 81.0);
+    assert!(total(&text, "ringkv_commands_total") >= 88.0);
     assert_eq!(total(&text, "ringkv_connections"), 1.0, "the RESP client is connected");
     let sets = text.lines().find(|l| l.starts_with("ringkv_command_calls_total{protocol=\"resp\",command=\"set\"}"));
     assert_eq!(sets.and_then(|l| l.rsplit_once(' ')).map(|(_, v)| v), Some("50"), "{text}");
     assert!(total(&text, "ringkv_live_bytes") > 0.0);
     assert!(total(&text, "ringkv_segments") >= 2.0, "one segment a shard at least");
+    assert_eq!(total(&text, "ringkv_keyspace_hits_total"), 30.0, "{text}");
+    assert_eq!(total(&text, "ringkv_keyspace_misses_total"), 7.0, "{text}");
+    assert_eq!(total(&text, "ringkv_evicted_keys_total"), 0.0);
+    assert!(total(&text, "ringkv_memory_used_bytes") > 0.0);
 
     let missing = http_get(metrics, "/other");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");

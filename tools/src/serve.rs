@@ -109,6 +109,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
         eprintln!("ringkv serve: --mode cache needs --max-memory");
         return ExitCode::from(2);
     }
+    if mode == engine::Mode::Cache && matches!(args.fsync, Fsync::Always) {
+        // Acknowledging "durable" writes that live only in memory would lie.
+        eprintln!("ringkv serve: --mode cache keeps data in memory only; --fsync always cannot hold");
+        return ExitCode::from(2);
+    }
     let segment_size_bytes = match (args.segment_mb, args.max_memory) {
         (Some(mb), _) => mb << 20,
         (None, Some(node)) => engine::segment_size_for_memory(node / shards.max(1) as u64),
