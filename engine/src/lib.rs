@@ -17,6 +17,7 @@ mod compaction;
 mod error;
 mod expiry;
 mod hint;
+mod histogram;
 pub mod index;
 mod log;
 mod memory;
@@ -27,6 +28,9 @@ mod segment;
 mod store;
 
 pub use error::{Error, Result};
+pub use histogram::{
+    histogram_bound_seconds, histogram_bucket, Histogram, HISTOGRAM_BOUNDED_BUCKETS, HISTOGRAM_BUCKETS,
+};
 pub use log::LOG_ADDRESS_SPACE_BYTES;
 pub use recovery::{Damage, RecoveryReport};
 pub use store::{

@@ -234,6 +234,9 @@ impl Log {
     }
 
     pub fn needs_sync(&self) -> bool {
+        if self.in_memory {
+            return false;
+        }
         !self.unsynced.is_empty() || self.segment(self.active).is_some_and(Segment::needs_sync)
     }
 

@@ -231,6 +231,8 @@ pub struct Stats {
     pub memory_used_bytes: u64,
     /// The bound; 0 when there is none.
     pub memory_max_bytes: u64,
+    /// How long flushes to disk took.
+    pub sync_durations: crate::Histogram,
     pub poisoned: bool,
 }
 
@@ -254,6 +256,7 @@ impl Stats {
             evicted_segments,
             memory_used_bytes,
             memory_max_bytes,
+            sync_durations,
             poisoned,
         } = other;
         self.keys += keys;
@@ -272,6 +275,7 @@ impl Stats {
         self.evicted_segments += evicted_segments;
         self.memory_used_bytes += memory_used_bytes;
         self.memory_max_bytes += memory_max_bytes;
+        self.sync_durations.add(sync_durations);
         self.poisoned |= poisoned;
     }
 }
@@ -309,6 +313,7 @@ pub(crate) struct Counters {
     pub misses: Cell<u64>,
     pub evicted_keys: u64,
     pub evicted_segments: u64,
+    pub sync_durations: crate::Histogram,
 }
 
 /// Hash of a key: the ring routes on all 64 bits of it.
@@ -697,6 +702,7 @@ impl Store {
             evicted_segments: self.counters.evicted_segments,
             memory_used_bytes: self.memory_used_bytes(),
             memory_max_bytes: self.config.memory_max_bytes.unwrap_or(0),
+            sync_durations: self.counters.sync_durations.clone(),
             poisoned: self.poisoned.is_some(),
             ..Stats::default()
         };
@@ -724,9 +730,11 @@ impl Store {
         if !self.log.needs_sync() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         match self.log.sync() {
             Ok(()) => {
                 self.counters.syncs += 1;
+                self.counters.sync_durations.record(started.elapsed());
                 self.last_sync_ms = self.now_ms();
                 Ok(())
             }

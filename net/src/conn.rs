@@ -6,8 +6,9 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -54,6 +55,10 @@ pub trait Protocol {
 
     /// Called once the replies of a batch are written.
     fn end_batch(&mut self, _shard: &Shard) {}
+
+    /// The batch's first request as the slow log shows it, and the
+    /// client's name; taken (and forgotten) at the end of every batch.
+    fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes);
 }
 
 /// A reply not yet written because an earlier one is still awaited.
@@ -119,6 +124,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         let mut close = false;
         let mut commands = 0u64;
         resume = true;
+        let batch_started = Instant::now();
         // Parse the batch first, so that its local keys' cache misses can
         // overlap (prefetch), then execute it in order.
         let mut jobs = std::mem::take(&mut job_buf);
@@ -283,6 +289,15 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             out.clear();
             if out.capacity() > 4 << 20 {
                 out = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            }
+        }
+        if commands > 0 {
+            let elapsed = batch_started.elapsed();
+            shard.counters().latency.record_n(elapsed, commands);
+            let (first, name) = proto.take_first_request();
+            if shard.shared.slowlog.is_slow(elapsed) {
+                let client = peer.map_or_else(String::new, |p| p.to_string());
+                shard.shared.slowlog.record(elapsed, &first, client, name, commands);
             }
         }
         proto.end_batch(&shard);

@@ -15,6 +15,7 @@ pub mod op;
 pub mod resp;
 pub mod server;
 pub mod shard;
+pub mod slowlog;
 pub mod txn;
 
 pub use limits::Limits;

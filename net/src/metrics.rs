@@ -69,12 +69,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// The exposition text.
 pub async fn render(shared: &Shared) -> String {
     let mut out = String::with_capacity(16 << 10);
+    // Histogram families, appended after the others.
+    let mut histograms = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
+    let latencies: Vec<(usize, engine::Histogram)> =
+        shared.counters.iter().map(|c| c.latency.snapshot()).enumerate().collect();
+    histogram(
+        &mut histograms,
+        "ringkv_request_duration_seconds",
+        "Requests by time from reading their batch to writing its replies (pipelined requests count their batch's).",
+        &latencies,
+    );
     let per_shard = |f: &dyn Fn(&crate::shard::ShardCounters) -> u64| -> Vec<(String, f64)> {
         shared.counters.iter().enumerate().map(|(i, c)| (format!("{{shard=\"{i}\"}}"), f(c) as f64)).collect()
     };
@@ -171,6 +181,8 @@ pub async fn render(shared: &Shared) -> String {
         store(&|s| s.memory_used_bytes),
     );
     family("ringkv_memory_max_bytes", "gauge", "The shard's memory bound (0: none).", store(&|s| s.memory_max_bytes));
+    let syncs: Vec<(usize, engine::Histogram)> = stats.iter().map(|(i, s)| (*i, s.sync_durations.clone())).collect();
+    histogram(&mut histograms, "ringkv_fsync_duration_seconds", "Flushes of the log to disk, by duration.", &syncs);
     family(
         "ringkv_poisoned",
         "gauge",
@@ -183,7 +195,23 @@ pub async fn render(shared: &Shared) -> String {
         "CPU time used by the process.",
         vec![(String::new(), crate::native_server::process_cpu_ms() as f64 / 1000.0)],
     );
+    out.push_str(&histograms);
     out
+}
+
+/// Writes a histogram family, one series a shard, cumulative buckets.
+fn histogram(out: &mut String, name: &str, help: &str, series: &[(usize, engine::Histogram)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (shard, h) in series {
+        let mut cumulative = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = engine::histogram_bound_seconds(i).map_or_else(|| "+Inf".to_string(), |s| s.to_string());
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {}", h.sum_micros as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", h.count);
+    }
 }
 
 /// Binds the metrics listener (plain socket; served on its own thread).

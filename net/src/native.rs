@@ -115,6 +115,39 @@ pub enum RequestBody {
     Ring,
 }
 
+impl RequestBody {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            RequestBody::Key(KeyOpWire::Get(_)) => Opcode::Get,
+            RequestBody::Key(KeyOpWire::Set { .. }) => Opcode::Set,
+            RequestBody::Key(KeyOpWire::Del(_)) => Opcode::Del,
+            RequestBody::Key(KeyOpWire::Exists(_)) => Opcode::Exists,
+            RequestBody::Key(KeyOpWire::Expire { .. }) => Opcode::Expire,
+            RequestBody::Key(KeyOpWire::Ttl(_)) => Opcode::Ttl,
+            RequestBody::MGet(_) => Opcode::MGet,
+            RequestBody::MSet(_) => Opcode::MSet,
+            RequestBody::Ping => Opcode::Ping,
+            RequestBody::Stats => Opcode::Stats,
+            RequestBody::Auth(_) => Opcode::Auth,
+            RequestBody::Ring => Opcode::Ring,
+        }
+    }
+
+    /// The request as the slow log shows it: the operation's name and its
+    /// first key, if any (never a value or a secret).
+    pub fn summary(&self) -> Vec<Bytes> {
+        let name = Bytes::from(format!("{:?}", self.opcode()).to_ascii_uppercase());
+        let key = match self {
+            RequestBody::Key(KeyOpWire::Get(k) | KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k))
+            | RequestBody::Key(KeyOpWire::Set { key: k, .. } | KeyOpWire::Expire { key: k, .. }) => Some(k.clone()),
+            RequestBody::MGet(keys) => keys.first().cloned(),
+            RequestBody::MSet(pairs) => pairs.first().map(|(k, _)| k.clone()),
+            RequestBody::Ping | RequestBody::Stats | RequestBody::Auth(_) | RequestBody::Ring => None,
+        };
+        std::iter::once(name).chain(key).collect()
+    }
+}
+
 /// A single-key operation with relative TTLs, as it travels.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyOpWire {
@@ -401,21 +434,7 @@ pub fn put_request(out: &mut BytesMut, id: u32, body: &RequestBody) {
         }
         _ => {}
     }
-    let op = match body {
-        RequestBody::Key(KeyOpWire::Get(_)) => Opcode::Get,
-        RequestBody::Key(KeyOpWire::Set { .. }) => Opcode::Set,
-        RequestBody::Key(KeyOpWire::Del(_)) => Opcode::Del,
-        RequestBody::Key(KeyOpWire::Exists(_)) => Opcode::Exists,
-        RequestBody::Key(KeyOpWire::Expire { .. }) => Opcode::Expire,
-        RequestBody::Key(KeyOpWire::Ttl(_)) => Opcode::Ttl,
-        RequestBody::MGet(_) => Opcode::MGet,
-        RequestBody::MSet(_) => Opcode::MSet,
-        RequestBody::Ping => Opcode::Ping,
-        RequestBody::Stats => Opcode::Stats,
-        RequestBody::Auth(_) => Opcode::Auth,
-        RequestBody::Ring => Opcode::Ring,
-    };
-    let start = start_frame(out, op, 0, id);
+    let start = start_frame(out, body.opcode(), 0, id);
     match body {
         RequestBody::Key(KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k)) => put_bytes(out, k),
         RequestBody::Key(KeyOpWire::Expire { key, ttl_ms }) => {

@@ -14,6 +14,8 @@ use crate::shard::Shard;
 #[derive(Debug, Default)]
 pub struct Native {
     authenticated: bool,
+    /// The batch's first request, for the slow log (only while it is on).
+    first: Option<Vec<bytes::Bytes>>,
 }
 
 /// How a native job's results are rendered.
@@ -43,6 +45,9 @@ impl Protocol for Native {
             }
         };
         let id = request.id;
+        if self.first.is_none() && shared.slowlog.enabled() {
+            self.first = Some(request.body.summary());
+        }
         if let Some(secret) = &shared.requirepass {
             if !self.authenticated {
                 match &request.body {
@@ -145,6 +150,10 @@ impl Protocol for Native {
             }
             _ => false,
         }
+    }
+
+    fn take_first_request(&mut self) -> (Vec<bytes::Bytes>, bytes::Bytes) {
+        (self.first.take().unwrap_or_default(), bytes::Bytes::new())
     }
 }
 

@@ -283,6 +283,8 @@ pub struct Resp {
     authenticated: bool,
     name: Option<Bytes>,
     id: u64,
+    /// The batch's first command, kept for the slow log while it is on.
+    first: Option<Vec<Bytes>>,
     /// commandstats of the current batch, added to the shard's counters
     /// once per batch: per command, atomics and clock reads would cost
     /// more than a pipelined GET (measured: 5% of a shard's CPU).
@@ -401,6 +403,8 @@ pub enum Form {
     Keys {
         pattern: Bytes,
     },
+    /// A reply encoded when planned (SLOWLOG GET's nested arrays).
+    Raw(Bytes),
 }
 
 /// Every command this server knows, with Redis's arity (positive: exactly
@@ -447,6 +451,7 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("info", -1),
     ("command", -1),
     ("config", -2),
+    ("slowlog", -2),
     ("client", -2),
     ("echo", 2),
     ("quit", -1),
@@ -563,6 +568,9 @@ impl Protocol for Resp {
             // Redis ignores empty commands (*0, blank inline lines).
             return self.parse(buf, shard);
         }
+        if self.first.is_none() && shard.shared.slowlog.enabled() {
+            self.first = Some(args.clone());
+        }
         Some(self.plan(args, shard))
     }
 
@@ -603,6 +611,10 @@ impl Protocol for Resp {
 
     fn end_batch(&mut self, shard: &Shard) {
         self.batch.flush(shard);
+    }
+
+    fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes) {
+        (self.first.take().unwrap_or_default(), self.name.clone().unwrap_or_default())
     }
 }
 
@@ -707,6 +719,7 @@ fn render_form(form: &Form, results: &[OpResult], shard: &Shard, out: &mut Bytes
             put::array(out, matching.len());
             matching.into_iter().for_each(|k| put::bulk(out, k));
         }
+        Form::Raw(bytes) => out.extend_from_slice(bytes),
         Form::Keys { pattern } => {
             let matching: Vec<&Bytes> = results
                 .iter()
@@ -886,6 +899,7 @@ impl Resp {
                 reply(Form::Array(config_get(&args[2..], shard)))
             }
             "client" => self.client(args),
+            "slowlog" => reply(slowlog(args, shard)),
             _ => reply(wrong_args(name)),
         }
     }
@@ -1118,6 +1132,69 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
         (Some(b'\\'), Some(c)) if pattern.len() > 1 => pattern[1] == *c && glob_match(&pattern[2..], &s[1..]),
         (Some(p), Some(c)) => p == c && glob_match(&pattern[1..], &s[1..]),
         _ => false,
+    }
+}
+
+/// SLOWLOG GET [count] | LEN | RESET | HELP, with Redis 7's replies.
+fn slowlog(args: &[Bytes], shard: &Shard) -> Form {
+    let log = &shard.shared.slowlog;
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("get", 2 | 3) => {
+            let count = match args.get(2).map(|a| parse_i64(a)) {
+                None => 10,
+                Some(Some(-1)) => usize::MAX,
+                Some(Some(n)) if n >= 0 => n as usize,
+                Some(_) => return Form::Error("ERR count should be greater than or equal to -1".into()),
+            };
+            let entries = log.get(count);
+            let mut out = BytesMut::new();
+            put::array(&mut out, entries.len());
+            for e in entries {
+                put::array(&mut out, 6);
+                put::int(&mut out, e.id as i64);
+                put::int(&mut out, e.at_unix_s as i64);
+                put::int(&mut out, i64::try_from(e.duration_us).unwrap_or(i64::MAX));
+                put::array(&mut out, e.args.len());
+                e.args.iter().for_each(|a| put::bulk(&mut out, a));
+                put::bulk(&mut out, e.client.as_bytes());
+                put::bulk(&mut out, &e.client_name);
+            }
+            Form::Raw(out.freeze())
+        }
+        ("get", _) => Form::Error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+        ("len" | "reset" | "help", n) if n > 2 => {
+            Form::Error(format!("ERR wrong number of arguments for 'slowlog|{sub}' command"))
+        }
+        ("len", _) => Form::Int(log.len() as i64),
+        ("reset", _) => {
+            log.reset();
+            Form::Simple("OK")
+        }
+        ("help", _) => {
+            let lines = [
+                "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET [<count>]",
+                "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                "    Entries are made of:",
+                "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+                "    client name",
+                "LEN",
+                "    Return the length of the slowlog.",
+                "RESET",
+                "    Reset the slowlog.",
+                "HELP",
+                "    Prints this help.",
+            ];
+            let mut out = BytesMut::new();
+            put::array(&mut out, lines.len());
+            lines.iter().for_each(|l| put::simple(&mut out, l));
+            Form::Raw(out.freeze())
+        }
+        _ => Form::Error(format!("ERR unknown subcommand '{}'. Try SLOWLOG HELP.", String::from_utf8_lossy(&args[1]))),
     }
 }
 

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub pin_cores: bool,
     /// How long shutdown waits for connections to finish in-flight work.
     pub shutdown_grace: Duration,
+    /// Batches slower than this go to the slow log; `None`: no slow log.
+    pub slowlog_threshold: Option<Duration>,
+    pub slowlog_max_len: usize,
 }
 
 pub const PORT_DEFAULT: u16 = 7400;
@@ -73,6 +76,8 @@ impl Default for ServerConfig {
             requirepass: None,
             pin_cores: true,
             shutdown_grace: Duration::from_secs(10),
+            slowlog_threshold: Some(crate::slowlog::SLOWLOG_DEFAULT_THRESHOLD),
+            slowlog_max_len: crate::slowlog::SLOWLOG_DEFAULT_MAX_LEN,
         }
     }
 }
@@ -196,6 +201,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         fsync: config.store.fsync,
         mode: config.store.mode,
         memory_max_bytes: config.store.memory_max_bytes.unwrap_or(0),
+        slowlog: crate::slowlog::SlowLog::new(config.slowlog_threshold, config.slowlog_max_len),
         shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
         started: Instant::now(),
         shutdown: watch::Sender::new(false),

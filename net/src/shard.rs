@@ -66,6 +66,8 @@ pub struct ShardCounters {
     pub bytes_out: AtomicU64,
     /// INFO commandstats, counted by the connection's shard.
     pub commandstats: crate::resp::CommandStats,
+    /// Request durations (each request of a batch counts the batch's).
+    pub latency: crate::slowlog::AtomicHistogram,
 }
 
 /// What all shards of a server share (read-only after start, or atomics).
@@ -82,6 +84,7 @@ pub struct Shared {
     pub mode: engine::Mode,
     /// The node's memory bound; 0 for none.
     pub memory_max_bytes: u64,
+    pub slowlog: crate::slowlog::SlowLog,
     /// Ports of the shard-aware listeners, by shard.
     pub shard_ports: Vec<u16>,
     pub started: std::time::Instant,

@@ -166,6 +166,21 @@ impl RespConn {
         self.send(args);
         self.reply()
     }
+
+    /// The client side's address, as the server sees it.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+}
+
+/// One HTTP GET over a fresh connection; the whole response, head included.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
 }
 
 /// A `redis-server` on a free loopback port, killed when dropped.

@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Close a connection that holds half a request this long, in ms.
     #[arg(long, default_value_t = net::limits::PARTIAL_REQUEST_DEFAULT_TIMEOUT.as_millis() as u64)]
     partial_request_timeout_ms: u64,
+    /// Requests slower than this many milliseconds (from reading their
+    /// batch to writing its replies) go to the slow log (SLOWLOG GET) and
+    /// to a `ringkv::slowlog` warning; `off` turns it off.
+    #[arg(long, default_value = "10")]
+    slowlog_ms: String,
+    /// Entries the slow log keeps.
+    #[arg(long, default_value_t = net::slowlog::SLOWLOG_DEFAULT_MAX_LEN)]
+    slowlog_max_len: usize,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -99,6 +107,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    let slowlog_threshold = match args.slowlog_ms.as_str() {
+        "off" => None,
+        ms => match ms.parse::<f64>() {
+            Ok(ms) if ms >= 0.0 && ms.is_finite() => Some(std::time::Duration::from_secs_f64(ms / 1000.0)),
+            _ => {
+                eprintln!("ringkv serve: --slowlog-ms must be a number of milliseconds or `off`, not {ms:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let defaults = ServerConfig::default();
     let shards = args.shards.unwrap_or(defaults.shards);
     let mode = match args.mode {
@@ -148,6 +166,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
         },
         requirepass: args.requirepass,
         pin_cores: !args.no_pin,
+        slowlog_threshold,
+        slowlog_max_len: args.slowlog_max_len,
         ..defaults
     };
     let handle = match net::start(config) {

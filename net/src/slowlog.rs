@@ -1,0 +1,175 @@
+//! The slow log: batches of requests that took longer than `--slowlog-ms`,
+//! kept for SLOWLOG GET and reported as a tracing event.
+//!
+//! Time is measured per batch, from the moment its bytes were read to the
+//! moment its replies were written: what a client sees, minus the network.
+//! It includes waits for other shards and for the group commit, which is
+//! what an operator looking for slow requests wants to find. A client that
+//! does not pipeline sends batches of one request, so for it an entry is
+//! one command, as in Redis; a pipelined batch is logged by its first
+//! command, with the number of requests in the batch.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// Entries kept (Redis' default `slowlog-max-len`).
+pub const SLOWLOG_DEFAULT_MAX_LEN: usize = 128;
+/// Redis' default `slowlog-log-slower-than`: 10 ms.
+pub const SLOWLOG_DEFAULT_THRESHOLD: Duration = Duration::from_millis(10);
+/// Arguments kept per entry, as Redis keeps them.
+const ARGS_MAX: usize = 32;
+/// Bytes kept per argument.
+const ARG_MAX_BYTES: usize = 128;
+
+/// One slow batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowEntry {
+    pub id: u64,
+    pub at_unix_s: u64,
+    pub duration_us: u64,
+    /// The first command of the batch, shortened as Redis shortens it.
+    pub args: Vec<Bytes>,
+    pub client: String,
+    pub client_name: Bytes,
+    /// Requests in the batch.
+    pub requests: u64,
+}
+
+/// The node's slow log.
+#[derive(Debug)]
+pub struct SlowLog {
+    threshold: Option<Duration>,
+    max_len: usize,
+    next_id: AtomicU64,
+    entries: Mutex<VecDeque<SlowEntry>>,
+}
+
+impl SlowLog {
+    /// `threshold` `None` turns the log off.
+    pub fn new(threshold: Option<Duration>, max_len: usize) -> SlowLog {
+        SlowLog { threshold, max_len, next_id: AtomicU64::new(0), entries: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Whether batches are being timed against a threshold at all.
+    pub fn enabled(&self) -> bool {
+        self.threshold.is_some() && self.max_len > 0
+    }
+
+    pub fn is_slow(&self, elapsed: Duration) -> bool {
+        self.threshold.is_some_and(|t| elapsed >= t)
+    }
+
+    /// Logs a slow batch.
+    pub fn record(&self, elapsed: Duration, args: &[Bytes], client: String, client_name: Bytes, requests: u64) {
+        let mut kept: Vec<Bytes> = args.iter().take(ARGS_MAX).map(shorten).collect();
+        if args.len() > ARGS_MAX {
+            kept[ARGS_MAX - 1] = Bytes::from(format!("... ({} more arguments)", args.len() - ARGS_MAX + 1));
+        }
+        let command = kept.first().map(|c| String::from_utf8_lossy(c).to_ascii_lowercase()).unwrap_or_default();
+        tracing::warn!(
+            target: "ringkv::slowlog",
+            command = %command,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            requests,
+            %client,
+            "slow request"
+        );
+        let entry = SlowEntry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            at_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            args: kept,
+            client,
+            client_name,
+            requests,
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.push_front(entry);
+        entries.truncate(self.max_len);
+    }
+
+    /// The newest `count` entries, newest first.
+    pub fn get(&self, count: usize) -> Vec<SlowEntry> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).iter().take(count).cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn reset(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn shorten(arg: &Bytes) -> Bytes {
+    if arg.len() <= ARG_MAX_BYTES {
+        return arg.clone();
+    }
+    let mut s = arg[..ARG_MAX_BYTES].to_vec();
+    s.extend_from_slice(format!("... ({} more bytes)", arg.len() - ARG_MAX_BYTES).as_bytes());
+    Bytes::from(s)
+}
+
+/// A request-duration histogram one shard's thread records into and any
+/// thread reads (for the metrics).
+#[derive(Debug, Default)]
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; engine::HISTOGRAM_BUCKETS],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// Records `n` requests that each took `elapsed`.
+    pub fn record_n(&self, elapsed: Duration, n: u64) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[engine::histogram_bucket(micros)].fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> engine::Histogram {
+        let mut h = engine::Histogram::default();
+        for (dst, src) in h.buckets.iter_mut().zip(&self.buckets) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        h.count = self.count.load(Ordering::Relaxed);
+        h.sum_micros = self.sum_micros.load(Ordering::Relaxed);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_entries_shortened() {
+        let log = SlowLog::new(Some(Duration::from_millis(5)), 2);
+        assert!(!log.is_slow(Duration::from_millis(4)) && log.is_slow(Duration::from_millis(5)));
+        let long = Bytes::from(vec![b'x'; 200]);
+        let many: Vec<Bytes> = (0..40).map(|i| Bytes::from(i.to_string())).collect();
+        log.record(Duration::from_millis(6), &[Bytes::from("GET"), long], "c".into(), Bytes::new(), 1);
+        log.record(Duration::from_millis(7), &many, "c".into(), Bytes::new(), 3);
+        log.record(Duration::from_millis(8), &[Bytes::from("PING")], "c".into(), Bytes::new(), 1);
+        let got = log.get(10);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id, got[1].id), (2, 1), "newest first, oldest dropped");
+        assert_eq!(got[1].args.len(), 32);
+        assert_eq!(&got[1].args[31][..], b"... (9 more arguments)");
+        log.reset();
+        assert!(log.is_empty());
+        let log = SlowLog::new(Some(Duration::ZERO), 1);
+        log.record(Duration::from_millis(1), &[Bytes::from(vec![b'y'; 130])], "c".into(), Bytes::new(), 1);
+        assert_eq!(&log.get(1)[0].args[0][128..], b"... (2 more bytes)");
+    }
+}
