@@ -431,6 +431,12 @@ impl Store {
         self.lookup(key).is_some()
     }
 
+    /// A live key's expiry (`Some(None)`: none), without counting a read
+    /// or marking the key (for writes that depend on it).
+    pub fn expiry_of(&self, key: &[u8]) -> Option<Option<u64>> {
+        self.find_live(key, self.index_hash(key)).map(|(_, v)| v.expires_at_ms)
+    }
+
     pub fn ttl(&self, key: &[u8]) -> Ttl {
         match self.lookup(key) {
             None => Ttl::Missing,

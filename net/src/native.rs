@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use engine::{Condition, SetExpiry, Ttl};
 
 use crate::limits::Limits;
-use crate::op::{KeyOp, OpResult};
+use crate::op::{ExpireCondition, KeyOp, OpResult};
 
 /// Bytes of the fixed part after the length prefix.
 pub const HEADER_BYTES: usize = 6;
@@ -199,9 +199,11 @@ impl KeyOpWire {
             },
             KeyOpWire::Del(key) => KeyOp::Del { key },
             KeyOpWire::Exists(key) => KeyOp::Exists { key },
-            KeyOpWire::Expire { key, ttl_ms } => {
-                KeyOp::ExpireAt { key, at_ms: (ttl_ms > 0).then(|| now_ms.saturating_add(ttl_ms)) }
-            }
+            KeyOpWire::Expire { key, ttl_ms } => KeyOp::ExpireAt {
+                key,
+                at_ms: (ttl_ms > 0).then(|| now_ms.saturating_add(ttl_ms)),
+                condition: ExpireCondition::Always,
+            },
             KeyOpWire::Ttl(key) => KeyOp::Ttl { key },
         }
     }

@@ -39,6 +39,8 @@ pub enum KeyOp {
     ExpireAt {
         key: Bytes,
         at_ms: Option<u64>,
+        /// EXPIRE's NX/XX/GT/LT.
+        condition: ExpireCondition,
     },
     Ttl {
         key: Bytes,
@@ -95,6 +97,41 @@ pub enum GetExExpiry {
     /// Redis checks the time only once it found the key: a missing key
     /// answers nil even when the time is bad. This carries the error text.
     Invalid(&'static str),
+}
+
+/// When EXPIRE and friends change a key's expiry (Redis 7's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpireCondition {
+    #[default]
+    Always,
+    /// Only if the key has no expiry.
+    Nx,
+    /// Only if it has one.
+    Xx,
+    /// Only if the new expiry is later (no expiry counts as never).
+    Gt,
+    /// Only if the new expiry is earlier.
+    Lt,
+    /// XX and LT: only if it has one and the new one is earlier. (XX and
+    /// GT is GT: no expiry is never earlier.)
+    XxLt,
+}
+
+impl ExpireCondition {
+    /// Whether a key whose expiry is `current` (`None`: never) gets one
+    /// at `at_ms`.
+    pub fn holds(self, current: Option<u64>, at_ms: u64) -> bool {
+        match (self, current) {
+            (ExpireCondition::Always, _) => true,
+            (ExpireCondition::Nx, current) => current.is_none(),
+            (ExpireCondition::Xx, current) => current.is_some(),
+            (ExpireCondition::Gt, None) => false,
+            (ExpireCondition::Gt, Some(c)) => at_ms > c,
+            (ExpireCondition::Lt, None) => true,
+            (ExpireCondition::Lt | ExpireCondition::XxLt, Some(c)) => at_ms < c,
+            (ExpireCondition::XxLt, None) => false,
+        }
+    }
 }
 
 impl KeyOp {
@@ -216,7 +253,14 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             .set(key, value, SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old })
             .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) }),
         KeyOp::Del { key } => store.delete(key).map(OpResult::Existed),
-        KeyOp::ExpireAt { key, at_ms } => store.expire_at(key, *at_ms).map(OpResult::Existed),
+        KeyOp::ExpireAt { key, at_ms, condition: ExpireCondition::Always } => {
+            store.expire_at(key, *at_ms).map(OpResult::Existed)
+        }
+        KeyOp::ExpireAt { key, at_ms, condition } => match store.expiry_of(key) {
+            None => Ok(OpResult::Existed(false)),
+            Some(current) if !at_ms.is_some_and(|at| condition.holds(current, at)) => Ok(OpResult::Existed(false)),
+            Some(_) => store.expire_at(key, *at_ms).map(OpResult::Existed),
+        },
         KeyOp::Persist { key } => match store.ttl(key) {
             Ttl::Remaining { .. } => store.expire_at(key, None).map(OpResult::Existed),
             Ttl::Persistent | Ttl::Missing => Ok(OpResult::Existed(false)),

@@ -12,7 +12,7 @@ use engine::{Condition, SetExpiry, Ttl};
 use crate::conn::{Job, Protocol};
 use crate::limits::Limits;
 use crate::native_server::{constant_time_eq, stats_text};
-use crate::op::{GetExExpiry, KeyOp, OpResult, ShardOp};
+use crate::op::{ExpireCondition, GetExExpiry, KeyOp, OpResult, ShardOp};
 use crate::shard::Shard;
 
 /// Longest inline command line (Redis: 64 KiB).
@@ -841,17 +841,18 @@ impl Resp {
                 Job::Keys(args[1..].iter().map(|k| KeyOp::Exists { key: k.clone() }).collect(), Form::CountExisted)
             }
             "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                // Options first, then the time, in Redis' order of errors.
+                let condition = match expire_condition(&args[3..]) {
+                    Ok(c) => c,
+                    Err(form) => return reply(form),
+                };
                 let Some(n) = parse_i64(&args[2]) else { return reply(Form::Error(NOT_INTEGER.into())) };
-                if let Some(opt) = args.get(3) {
-                    // NX|XX|GT|LT would need the old expiry inside the op.
-                    return reply(Form::Error(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt))));
-                }
                 // Redis: negative times are allowed (they delete); only
                 // overflow is refused.
                 let base = if name == "expire" || name == "pexpire" { now() as i64 } else { 0 };
                 let ms = if name == "expire" || name == "expireat" { n.checked_mul(1000) } else { Some(n) };
                 let Some(at_ms) = ms.and_then(|ms| ms.checked_add(base)) else { return reply(invalid_expire(name)) };
-                Job::Key(KeyOp::ExpireAt { key: key(1), at_ms: Some(at_ms.max(0) as u64) }, Form::Existed)
+                Job::Key(KeyOp::ExpireAt { key: key(1), at_ms: Some(at_ms.max(0) as u64), condition }, Form::Existed)
             }
             "persist" => Job::Key(KeyOp::Persist { key: key(1) }, Form::Existed),
             "ttl" | "pttl" => Job::Key(KeyOp::Ttl { key: key(1) }, Form::Ttl { millis: name == "pttl" }),
@@ -1133,6 +1134,34 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
         (Some(p), Some(c)) => p == c && glob_match(&pattern[1..], &s[1..]),
         _ => false,
     }
+}
+
+/// EXPIRE's NX, XX, GT and LT, checked as Redis 7 checks them.
+fn expire_condition(opts: &[Bytes]) -> Result<ExpireCondition, Form> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in opts {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => return Err(Form::Error(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Form::Error("ERR NX and XX, GT or LT options at the same time are not compatible".into()));
+    }
+    if gt && lt {
+        return Err(Form::Error("ERR GT and LT options at the same time are not compatible".into()));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::Nx,
+        (_, _, true, _) => ExpireCondition::Gt,
+        (_, true, _, true) => ExpireCondition::XxLt,
+        (_, _, _, true) => ExpireCondition::Lt,
+        (_, true, ..) => ExpireCondition::Xx,
+        _ => ExpireCondition::Always,
+    })
 }
 
 /// SLOWLOG GET [count] | LEN | RESET | HELP, with Redis 7's replies.
