@@ -494,6 +494,13 @@ impl CommandStats {
 }
 
 fn command_index(name: &str) -> Option<usize> {
+    // The two commands of nearly every workload skip the map (a SipHash
+    // of the name); a test keeps these slots equal to the table's.
+    match name {
+        "get" => return Some(0),
+        "set" => return Some(1),
+        _ => {}
+    }
     static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> = std::sync::OnceLock::new();
     INDEX.get_or_init(|| COMMANDS.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect()).get(name).copied()
 }
@@ -810,7 +817,7 @@ impl Resp {
             "auth" => reply(Form::Error(SYNTAX.into())),
             "hello" => self.hello(args, shard),
             "get" => Job::Key(KeyOp::Get { key: key(1) }, Form::Value),
-            "set" => self.set(args, now()),
+            "set" => self.set(args, now),
             "setnx" => Job::Key(set_op(key(1), key(2), SetExpiry::None, Condition::IfAbsent, false), Form::SetNx),
             "setex" | "psetex" => match parse_i64(&args[2]) {
                 Some(t) => match expiry_ms(if name == "setex" { b"EX" } else { b"PX" }, t, now()) {
@@ -933,7 +940,8 @@ impl Resp {
         Job::Key(KeyOp::GetEx { key: args[1].clone(), expiry }, Form::Value)
     }
 
-    fn set(&mut self, args: &[Bytes], now: u64) -> Job<Form> {
+    /// SET's options; the clock is read only when an expiry needs it.
+    fn set(&mut self, args: &[Bytes], now: impl Fn() -> u64) -> Job<Form> {
         let mut expiry = SetExpiry::None;
         let mut condition = Condition::Always;
         let mut get = false;
@@ -952,7 +960,7 @@ impl Resp {
                 }
                 b"EX" | b"PX" | b"EXAT" | b"PXAT" if !expiry_given && i + 1 < args.len() => {
                     let Some(n) = parse_i64(&args[i + 1]) else { return Job::Reply(Form::Error(NOT_INTEGER.into())) };
-                    let Some(at) = expiry_ms(&opt, n, now) else { return Job::Reply(invalid_expire("set")) };
+                    let Some(at) = expiry_ms(&opt, n, now()) else { return Job::Reply(invalid_expire("set")) };
                     expiry = SetExpiry::At(at);
                     expiry_given = true;
                     i += 1;
@@ -1327,6 +1335,14 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_name_finds_its_own_slot() {
+        for (i, (name, _)) in COMMANDS.iter().enumerate() {
+            assert_eq!(command_index(name), Some(i), "{name}");
+        }
+        assert_eq!(command_index("nosuch"), None);
+    }
 
     fn parse(bytes: &[u8]) -> Result<Option<Vec<Bytes>>, RespError> {
         parse_command(&mut BytesMut::from(bytes), &Limits::default())
