@@ -76,8 +76,12 @@ impl Store {
         let keep_max_bytes = (self.log.segment_size() - HEADER_BYTES) / 8 * 7;
         let mut kept_bytes = 0;
         let mut pos = HEADER_BYTES;
+        let mut prefetched_to = pos;
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = loop {
+            if pos >= prefetched_to {
+                prefetched_to = self.prefetch_index_of_records(slot, pos, crate::compaction::PREFETCH_RECORDS);
+            }
             let Some(seg) = self.log.segment(slot) else { break Ok(()) };
             let bytes = seg.bytes();
             let (offset, len, expires_at_ms, key_start, key_len) = match scan::walk(bytes, pos, seg.end) {
