@@ -15,6 +15,19 @@ use crate::segment::{self, Segment};
 /// Bytes of log one shard can address: 2^32 locations of 8 bytes.
 pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
 
+/// One segment file to flush on another thread.
+#[derive(Debug)]
+pub struct FlushTarget {
+    pub slot: u32,
+    pub seq: u64,
+    /// End of the records when the flush was planned.
+    pub end: usize,
+    /// The header was dirty when the flush was planned.
+    pub header: bool,
+    pub file: std::fs::File,
+    pub path: PathBuf,
+}
+
 #[derive(Debug)]
 pub struct Log {
     pub dir: PathBuf,
@@ -252,6 +265,35 @@ impl Log {
             Some(seg) => seg.sync(),
             None => Ok(()),
         }
+    }
+
+    /// The flushes that `sync` would do, for another thread to do with
+    /// `fdatasync` (which writes back pages dirtied through the mapping):
+    /// the unsynced sealed segments and the active one.
+    pub fn flush_targets(&self) -> std::io::Result<Vec<FlushTarget>> {
+        let mut slots = self.unsynced.clone();
+        slots.push(self.active);
+        let mut targets = Vec::new();
+        for slot in slots {
+            let Some(seg) = self.segment(slot) else { continue };
+            if let Some(target) = seg.flush_target() {
+                let (file, end, header) = target?;
+                targets.push(FlushTarget { slot, seq: seg.header.seq, end, header, file, path: seg.path.clone() });
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Notes flushes done elsewhere (segments since removed are skipped).
+    pub fn flushed(&mut self, targets: &[FlushTarget]) {
+        for t in targets {
+            if let Some(seg) = self.segment_mut(t.slot).filter(|s| s.header.seq == t.seq) {
+                seg.flushed(t.end, t.header);
+            }
+        }
+        let segments = &self.segments;
+        self.unsynced
+            .retain(|&slot| segments.get(slot as usize).and_then(Option::as_ref).is_some_and(Segment::needs_sync));
     }
 
     /// Deletes a segment's file and frees its slot.

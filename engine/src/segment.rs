@@ -324,6 +324,24 @@ impl Segment {
     pub fn needs_sync(&self) -> bool {
         self.synced_to < self.end || self.header_dirty
     }
+
+    /// What a flush on another thread needs: a duplicate of the file
+    /// descriptor, the end of the records and whether the header is dirty
+    /// now. `None` for a memory segment or one with nothing to flush.
+    pub fn flush_target(&self) -> Option<std::io::Result<(File, usize, bool)>> {
+        let file = self.file.as_ref().filter(|_| self.needs_sync())?;
+        Some(file.try_clone().map(|f| (f, self.end, self.header_dirty)))
+    }
+
+    /// Notes a flush done elsewhere: bytes below `end` are durable, and the
+    /// header too when `header` (a header changes once, at sealing, so a
+    /// header dirty when the flush started is the one it wrote).
+    pub fn flushed(&mut self, end: usize, header: bool) {
+        self.synced_to = self.synced_to.max(end);
+        if header {
+            self.header_dirty = false;
+        }
+    }
 }
 
 fn preallocate(file: &File, size: u64) -> std::io::Result<()> {

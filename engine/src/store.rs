@@ -737,11 +737,19 @@ impl Store {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        match self.log.sync() {
-            Ok(()) => {
+        let outcome = self.log.sync().map(|()| started.elapsed());
+        if outcome.is_ok() {
+            self.last_sync_ms = self.now_ms();
+        }
+        self.record_flush(outcome)
+    }
+
+    /// Counts a flush, or poisons the store when it failed.
+    fn record_flush(&mut self, outcome: std::io::Result<std::time::Duration>) -> Result<()> {
+        match outcome {
+            Ok(took) => {
                 self.counters.syncs += 1;
-                self.counters.sync_durations.record(started.elapsed());
-                self.last_sync_ms = self.now_ms();
+                self.counters.sync_durations.record(took);
                 Ok(())
             }
             Err(err) => {
@@ -751,6 +759,34 @@ impl Store {
                 Err(Error::Poisoned { cause })
             }
         }
+    }
+
+    /// True when `everysec` wants its periodic flush.
+    pub fn sync_due(&self) -> bool {
+        self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000
+    }
+
+    /// Plans a flush of everything written so far for another thread to
+    /// run (`SyncJob::run`), so that the owning thread goes on serving
+    /// while the disk works; `finish_sync` records the outcome. `None`
+    /// when there is nothing to flush. The next periodic flush is due a
+    /// second from now.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
+        self.last_sync_ms = self.now_ms();
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        let targets = self.log.flush_targets().map_err(Error::io("duplicate a segment descriptor"))?;
+        Ok((!targets.is_empty()).then_some(SyncJob { targets }))
+    }
+
+    /// Records how a `SyncJob` went. A failed flush poisons the store, as
+    /// an inline `sync` does.
+    pub fn finish_sync(&mut self, job: SyncJob, outcome: std::io::Result<std::time::Duration>) -> Result<()> {
+        if outcome.is_ok() {
+            self.log.flushed(&job.targets);
+        }
+        self.record_flush(outcome)
     }
 
     /// Periodic work for the owning thread: the once-a-second sync of
@@ -775,6 +811,26 @@ impl Store {
         self.log.seal_active();
         self.sync()?;
         crate::hint::write(&self)
+    }
+}
+
+/// A flush planned by [`Store::begin_sync`], to run on any thread.
+#[derive(Debug)]
+pub struct SyncJob {
+    targets: Vec<crate::log::FlushTarget>,
+}
+
+impl SyncJob {
+    /// Flushes each file (`fdatasync`); blocks on the disk. Returns how
+    /// long it took on success.
+    pub fn run(&self) -> std::io::Result<std::time::Duration> {
+        let started = std::time::Instant::now();
+        for t in &self.targets {
+            t.file
+                .sync_data()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("flush {}: {e}", t.path.display())))?;
+        }
+        Ok(started.elapsed())
     }
 }
 
