@@ -12,6 +12,9 @@ use crate::index::Loc;
 use crate::record::{self, RecordSpec, RecordView, RECORD_ALIGN_BYTES};
 use crate::segment::{self, Segment};
 
+/// The suffix of removed segment files awaiting deletion.
+pub const DOOMED_SUFFIX: &str = ".doomed";
+
 /// Bytes of log one shard can address: 2^32 locations of 8 bytes.
 pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
 
@@ -48,6 +51,10 @@ pub struct Log {
     /// The mapping of the last evicted memory segment and its resident
     /// bytes, kept for the next segment.
     pub spare: Option<(memmap2::MmapMut, usize)>,
+    /// Removed segment files, renamed out of the way and not yet deleted:
+    /// deleting a large file takes the filesystem milliseconds, which the
+    /// owning thread can leave to another (`Store::take_doomed_files`).
+    pub doomed: Vec<PathBuf>,
 }
 
 impl Log {
@@ -305,9 +312,13 @@ impl Log {
                     self.spare = seg.into_reusable();
                 }
             } else {
+                // Renamed at once (the slot's name is free for a new
+                // segment, and recovery ignores the file), deleted later.
                 let path = seg.path.clone();
+                let doomed = path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
                 drop(seg);
-                std::fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+                std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
+                self.doomed.push(doomed);
             }
         }
         self.unsynced.retain(|&s| s != slot);

@@ -87,6 +87,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         inactive_resident_bytes: 0,
         in_memory,
         spare: None,
+        doomed: Vec::new(),
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
         let slot = seg.header.slot as usize;
@@ -289,6 +290,12 @@ fn list_segments(dir: &Path, config: &Config, floor: Option<u64>, report: &mut R
     for entry in entries {
         let entry = entry.map_err(Error::io(format!("list {}", dir.display())))?;
         let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(crate::log::DOOMED_SUFFIX)) {
+            // A removed segment whose deletion a crash interrupted.
+            let path = entry.path();
+            fs::remove_file(&path).map_err(Error::io(format!("remove {}", path.display())))?;
+            continue;
+        }
         let Some(slot) = name.to_str().and_then(segment::parse_file_name) else { continue };
         let path = entry.path();
         match Segment::open(&path) {

@@ -761,6 +761,12 @@ impl Store {
         }
     }
 
+    /// Removed segment files to delete, for the caller to delete on another
+    /// thread; `tick` deletes those nobody took.
+    pub fn take_doomed_files(&mut self) -> Vec<std::path::PathBuf> {
+        std::mem::take(&mut self.log.doomed)
+    }
+
     /// True when `everysec` wants its periodic flush.
     pub fn sync_due(&self) -> bool {
         self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000
@@ -798,6 +804,9 @@ impl Store {
             self.sync()?;
         }
         self.index.migrate(1024);
+        for path in self.take_doomed_files() {
+            remove_doomed(&path);
+        }
         self.sweep_step(SWEEP_STEP_BYTES);
         self.compact_step(COMPACTION_STEP_BYTES)
     }
@@ -811,6 +820,14 @@ impl Store {
         self.log.seal_active();
         self.sync()?;
         crate::hint::write(&self)
+    }
+}
+
+/// Deletes a removed segment's file. A failure leaves a file that the
+/// next open deletes, so it is logged, not returned.
+pub fn remove_doomed(path: &std::path::Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %err, "could not delete a removed segment; the next open will");
     }
 }
 

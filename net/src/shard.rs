@@ -266,6 +266,13 @@ impl Shard {
                     Err(err) => tracing::error!(shard = self.id, error = %err, "periodic flush not started"),
                 }
             }
+            // Deleting a compacted 64 MiB file took ext4 14-15 ms (strace):
+            // the blocking pool does it (a file left by a crash is deleted
+            // at the next open).
+            let doomed = self.with_store(Store::take_doomed_files);
+            if !doomed.is_empty() {
+                drop(tokio::task::spawn_blocking(move || doomed.iter().for_each(|p| engine::remove_doomed(p))));
+            }
             // Bounded: at most 16 compaction steps before yielding to the
             // interval again.
             for _ in 0..16 {
