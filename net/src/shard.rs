@@ -194,15 +194,32 @@ impl Shard {
         durable
     }
 
-    /// The group-commit loop: one sync for all the writes gathered while
-    /// the previous sync ran or during this loop turn.
+    /// The group-commit loop: one flush for all the writes gathered while
+    /// the previous flush ran or during this loop turn. The flush runs on
+    /// the blocking pool, so the shard parses and appends the next group
+    /// while the disk works on this one.
     pub async fn sync_loop(self: Rc<Self>) {
         loop {
             self.dirty.notified().await;
             // Let the other connections of this turn add their writes.
             tokio::task::yield_now().await;
             let target = self.write_seq.get();
-            let ok = self.with_store(|s| s.sync()).is_ok();
+            let ok = match self.with_store(Store::begin_sync) {
+                Ok(None) => true,
+                Ok(Some(job)) => match tokio::task::spawn_blocking(move || {
+                    let outcome = job.run();
+                    (job, outcome)
+                })
+                .await
+                {
+                    Ok((job, outcome)) => self.with_store(|s| s.finish_sync(job, outcome)).is_ok(),
+                    Err(err) => {
+                        tracing::error!(shard = self.id, error = %err, "flush task failed");
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
             if !ok {
                 self.failed.set(true);
                 self.synced.send_replace(u64::MAX);
