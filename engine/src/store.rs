@@ -431,6 +431,12 @@ impl Store {
         self.lookup(key).is_some()
     }
 
+    /// A live key's value for a write that depends on it (INCR, APPEND):
+    /// not counted as a read and not marked, as Redis' `lookupKeyWrite`.
+    pub fn peek(&self, key: &[u8]) -> Option<&[u8]> {
+        self.find_live(key, self.index_hash(key)).map(|(_, v)| v.value)
+    }
+
     /// A live key's expiry (`Some(None)`: none), without counting a read
     /// or marking the key (for writes that depend on it).
     pub fn expiry_of(&self, key: &[u8]) -> Option<Option<u64>> {

@@ -261,9 +261,9 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             Some(current) if !at_ms.is_some_and(|at| condition.holds(current, at)) => Ok(OpResult::Existed(false)),
             Some(_) => store.expire_at(key, *at_ms).map(OpResult::Existed),
         },
-        KeyOp::Persist { key } => match store.ttl(key) {
-            Ttl::Remaining { .. } => store.expire_at(key, None).map(OpResult::Existed),
-            Ttl::Persistent | Ttl::Missing => Ok(OpResult::Existed(false)),
+        KeyOp::Persist { key } => match store.expiry_of(key) {
+            Some(Some(_)) => store.expire_at(key, None).map(OpResult::Existed),
+            Some(None) | None => Ok(OpResult::Existed(false)),
         },
         KeyOp::GetDel { key } => {
             let Some(value) = store.get(key).map(Bytes::copy_from_slice) else { return OpResult::Value(None) };
@@ -280,7 +280,7 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             changed.map(|_| OpResult::Value(Some(value)))
         }
         KeyOp::IncrBy { key, delta } => {
-            let current = match store.get(key) {
+            let current = match store.peek(key) {
                 None => 0,
                 Some(v) => match parse_redis_i64(v) {
                     Some(n) => n,
@@ -292,7 +292,7 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             store.set(key, &text, keep_ttl()).map(|_| OpResult::Int(new))
         }
         KeyOp::Append { key, value } => {
-            let old = store.get(key).unwrap_or_default();
+            let old = store.peek(key).unwrap_or_default();
             let total = old.len().saturating_add(value.len());
             if total > store.value_len_max_bytes() {
                 return OpResult::Error(STRING_TOO_LONG.into());
@@ -303,7 +303,7 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             store.set(key, &new, keep_ttl()).map(|_| OpResult::Int(total as i64))
         }
         KeyOp::SetRange { key, offset, value } => {
-            let old = store.get(key);
+            let old = store.peek(key);
             if value.is_empty() {
                 // Redis answers the current length and creates nothing.
                 return OpResult::Int(old.map_or(0, |v| v.len() as i64));
