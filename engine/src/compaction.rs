@@ -25,6 +25,9 @@ pub struct Cursor {
     pos: usize,
     /// Some segment older than the victim exists.
     has_older: bool,
+    /// Every record is copied; the victim goes once the log is durable up
+    /// to this point (segment seq, end), which `everysec`'s flush brings.
+    durable_at: Option<(u64, usize)>,
 }
 
 impl Store {
@@ -48,7 +51,7 @@ impl Store {
         }
         let (_, slot) = best?;
         let seq = self.log.segment(slot)?.header.seq;
-        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older: self.log.has_older_than(seq) })
+        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older: self.log.has_older_than(seq), durable_at: None })
     }
 
     /// Examines up to `budget_bytes` of the victim's records. Returns true
@@ -60,6 +63,9 @@ impl Store {
         let Some(mut cur) = self.compaction.take().or_else(|| self.pick_victim()) else {
             return Ok(false);
         };
+        if cur.durable_at.is_some() {
+            return self.finish_victim(cur);
+        }
         let now = self.now_ms();
         let mut examined = 0;
         let mut prefetched_to = cur.pos;
@@ -96,7 +102,7 @@ impl Store {
                     tracing::error!(segment = %seg.path.display(), offset, "record decodes only when checked");
                     break Ok(false);
                 }
-                Walk::End => break self.finish_victim(&cur),
+                Walk::End => break self.finish_victim(cur.clone()),
             };
             let key = &scratch[key_start..key_start + key_len];
             let hash = self.index_hash(key);
@@ -157,8 +163,22 @@ impl Store {
     }
 
     /// Makes the copies durable, then deletes the victim.
-    fn finish_victim(&mut self, cur: &Cursor) -> Result<bool> {
-        self.sync()?;
+    /// Under `everysec` the copies become durable with the next flush (off
+    /// the owning thread) and the victim waits for it; otherwise they are
+    /// flushed here.
+    fn finish_victim(&mut self, mut cur: Cursor) -> Result<bool> {
+        if self.log.seal_after_flush {
+            let mark = *cur.durable_at.get_or_insert_with(|| {
+                let active = self.log.segment(self.log.active).expect("active segment");
+                (active.header.seq, active.end)
+            });
+            if !self.log.durable_through(mark) {
+                self.compaction = Some(cur);
+                return Ok(false);
+            }
+        } else {
+            self.sync()?;
+        }
         let left = self.log.segment(cur.slot).map_or(0, |s| s.live_bytes);
         if left != 0 {
             // A live record could not be read back (damage after recovery).

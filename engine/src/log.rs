@@ -51,6 +51,12 @@ pub struct Log {
     /// The mapping of the last evicted memory segment and its resident
     /// bytes, kept for the next segment.
     pub spare: Option<(memmap2::MmapMut, usize)>,
+    /// Seal a full segment only once a flush has made its records durable
+    /// (`everysec`), instead of flushing it inline when the log rolls: the
+    /// roll then costs the owning thread no disk wait.
+    pub seal_after_flush: bool,
+    /// Full segments waiting for that flush, then for their seal.
+    pub pending_seal: Vec<u32>,
     /// Removed segment files, renamed out of the way and not yet deleted:
     /// deleting a large file takes the filesystem milliseconds, which the
     /// owning thread can leave to another (`Store::take_doomed_files`).
@@ -206,8 +212,14 @@ impl Log {
         };
         self.next_seq += 1;
         if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
-            old.sync().map_err(|source| Error::SyncFailed { path: old.path.clone(), source })?;
-            old.seal();
+            if self.seal_after_flush {
+                // Unsealed until flushed: a crash before then leaves it to
+                // recovery's torn-tail rule, which is what its state is.
+                self.pending_seal.push(self.active);
+            } else {
+                old.sync().map_err(|source| Error::SyncFailed { path: old.path.clone(), source })?;
+                old.seal();
+            }
             self.unsynced.push(self.active);
         }
         if slot as usize == self.segments.len() {
@@ -260,7 +272,8 @@ impl Log {
         !self.unsynced.is_empty() || self.segment(self.active).is_some_and(Segment::needs_sync)
     }
 
-    /// Makes every appended byte durable.
+    /// Makes every appended byte durable, then seals the full segments
+    /// that waited for it and makes their seals durable too.
     pub fn sync(&mut self) -> std::io::Result<()> {
         for slot in std::mem::take(&mut self.unsynced) {
             if let Some(seg) = self.segment_mut(slot) {
@@ -268,10 +281,16 @@ impl Log {
             }
         }
         let active = self.active;
-        match self.segment_mut(active) {
-            Some(seg) => seg.sync(),
-            None => Ok(()),
+        if let Some(seg) = self.segment_mut(active) {
+            seg.sync()?;
         }
+        for slot in std::mem::take(&mut self.pending_seal) {
+            if let Some(seg) = self.segment_mut(slot) {
+                seg.seal();
+                seg.sync()?;
+            }
+        }
+        Ok(())
     }
 
     /// The flushes that `sync` would do, for another thread to do with
@@ -291,13 +310,35 @@ impl Log {
         Ok(targets)
     }
 
-    /// Notes flushes done elsewhere (segments since removed are skipped).
+    /// True when every record up to `(seq, end)` (a segment and an offset
+    /// in it) is durable: older segments entirely, that one up to `end`.
+    pub fn durable_through(&self, (seq, end): (u64, usize)) -> bool {
+        self.segments.iter().flatten().all(|s| match s.header.seq.cmp(&seq) {
+            std::cmp::Ordering::Less => s.synced_to >= s.end,
+            std::cmp::Ordering::Equal => s.synced_to >= end,
+            std::cmp::Ordering::Greater => true,
+        })
+    }
+
+    /// Notes flushes done elsewhere (segments since removed are skipped),
+    /// and seals the full segments whose records are now durable (their
+    /// headers go out with the next flush).
     pub fn flushed(&mut self, targets: &[FlushTarget]) {
         for t in targets {
             if let Some(seg) = self.segment_mut(t.slot).filter(|s| s.header.seq == t.seq) {
                 seg.flushed(t.end, t.header);
             }
         }
+        let mut pending = std::mem::take(&mut self.pending_seal);
+        pending.retain(|&slot| match self.segment_mut(slot) {
+            Some(seg) if seg.synced_to >= seg.end => {
+                seg.seal();
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        self.pending_seal = pending;
         let segments = &self.segments;
         self.unsynced
             .retain(|&slot| segments.get(slot as usize).and_then(Option::as_ref).is_some_and(Segment::needs_sync));
@@ -322,6 +363,7 @@ impl Log {
             }
         }
         self.unsynced.retain(|&s| s != slot);
+        self.pending_seal.retain(|&s| s != slot);
         while matches!(self.segments.last(), Some(None)) {
             self.segments.pop();
         }

@@ -87,6 +87,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         inactive_resident_bytes: 0,
         in_memory,
         spare: None,
+        seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
+        pending_seal: Vec::new(),
         doomed: Vec::new(),
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {

@@ -47,3 +47,89 @@ fn a_failed_job_poisons_the_store() {
     assert_eq!(store.get(b"k"), Some(&b"v"[..]), "reads still work");
     assert!(store.stats().poisoned);
 }
+
+/// Under `everysec` a full segment is sealed only once a flush has made its
+/// records durable (a roll waits for no disk); until then it is not
+/// compacted, and a crash leaves it to recovery's torn-tail rule.
+#[test]
+fn full_segments_are_sealed_after_their_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { compaction_garbage_ratio_min: 0.2, ..config() };
+    let (mut store, _) = Store::open(dir.path(), config.clone()).unwrap();
+    for round in 0..3u32 {
+        for i in 0..600u32 {
+            store.set(format!("k{i}").as_bytes(), &round.to_le_bytes().repeat(25), SetOptions::default()).unwrap();
+        }
+    }
+    assert!(store.stats().segments >= 4, "{:?}", store.stats());
+    assert!(!store.compact_step(1 << 20).unwrap(), "nothing sealed, nothing to compact yet");
+    // A crash now: every record is back (the page cache has them all).
+    drop(store);
+    let (mut store, report) = Store::open(dir.path(), config.clone()).unwrap();
+    assert!(report.corrupt.is_empty() && report.torn.is_empty(), "{report:?}");
+    for i in 0..600u32 {
+        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&2u32.to_le_bytes().repeat(25)[..]));
+    }
+    // Recovery sealed what it found; new full segments wait for a flush.
+    for i in 0..600u32 {
+        store.set(format!("k{i}").as_bytes(), &9u32.to_le_bytes().repeat(25), SetOptions::default()).unwrap();
+    }
+    for _ in 0..2 {
+        let job = store.begin_sync().unwrap().expect("something to flush");
+        let took = job.run();
+        store.finish_sync(job, took).unwrap();
+    }
+    for _ in 0..1000 {
+        if !store.compact_step(1 << 20).unwrap() {
+            break;
+        }
+    }
+    assert!(store.stats().compactions > 0, "{:?}", store.stats());
+    store.close().unwrap();
+    let (store, report) = Store::open(dir.path(), config).unwrap();
+    assert!(report.hint_used, "a clean close seals everything: {report:?}");
+    for i in 0..600u32 {
+        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&9u32.to_le_bytes().repeat(25)[..]));
+    }
+}
+
+/// Under `everysec` a compacted segment is deleted only once a flush has
+/// made the copies of its live records durable.
+#[test]
+fn a_victim_waits_for_the_flush_of_its_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { compaction_garbage_ratio_min: 0.2, ..config() };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let flush = |store: &mut Store| {
+        let job = store.begin_sync().unwrap().expect("something to flush");
+        let took = job.run();
+        store.finish_sync(job, took).unwrap();
+    };
+    for i in 0..1200u32 {
+        store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
+    }
+    // Half the keys overwritten: the old segments are half garbage, half
+    // live records that compaction must copy.
+    for i in (0..1200u32).step_by(2) {
+        store.set(format!("k{i}").as_bytes(), &[2u8; 100], SetOptions::default()).unwrap();
+    }
+    flush(&mut store);
+    flush(&mut store);
+    for _ in 0..1000 {
+        if !store.compact_step(1 << 20).unwrap() {
+            break;
+        }
+    }
+    assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays");
+    flush(&mut store);
+    for _ in 0..1000 {
+        if !store.compact_step(1 << 20).unwrap() {
+            break;
+        }
+    }
+    assert!(store.stats().compactions >= 1, "{:?}", store.stats());
+    for i in 0..1200u32 {
+        let want = if i % 2 == 0 { 2u8 } else { 1u8 };
+        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&[want; 100][..]), "k{i}");
+    }
+}
