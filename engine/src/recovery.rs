@@ -125,6 +125,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         index,
         index_seed,
         last_sync_ms: config.clock.now_ms(),
+        flushes_planned_by_caller: false,
         config,
         poisoned: None,
         compaction: None,

@@ -289,6 +289,9 @@ pub struct Store {
     /// Set when a flush failed; every write is refused from then on.
     pub(crate) poisoned: Option<String>,
     pub(crate) last_sync_ms: u64,
+    /// `begin_sync` was called: `tick` leaves the periodic flush to the
+    /// caller.
+    pub(crate) flushes_planned_by_caller: bool,
     pub(crate) compaction: Option<crate::compaction::Cursor>,
     /// The expiry sweep's progress through a segment.
     pub(crate) sweep: Option<crate::expiry::Cursor>,
@@ -784,6 +787,7 @@ impl Store {
     /// when there is nothing to flush. The next periodic flush is due a
     /// second from now.
     pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
+        self.flushes_planned_by_caller = true;
         self.last_sync_ms = self.now_ms();
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
@@ -806,7 +810,9 @@ impl Store {
     /// step and index growth. Returns true when it did compaction work
     /// (call again soon).
     pub fn tick(&mut self) -> Result<bool> {
-        if self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000 {
+        // A caller that plans flushes itself (`begin_sync`) owns the
+        // periodic one too: flushing here would block its thread.
+        if !self.flushes_planned_by_caller && self.sync_due() {
             self.sync()?;
         }
         self.index.migrate(1024);
