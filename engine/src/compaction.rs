@@ -10,7 +10,7 @@
 
 use crate::error::Result;
 use crate::record::RecordSpec;
-use crate::scan::{self, Walk};
+use crate::scan::{self, Copied, Walk};
 use crate::segment::HEADER_BYTES;
 use crate::store::Store;
 
@@ -83,14 +83,8 @@ impl Store {
             }
             let Some(seg) = self.log.segment(cur.slot) else { break Ok(false) };
             let bytes = seg.bytes();
-            let (offset, len, tombstone, expires_at_ms, key_start, key_len) = match scan::walk(bytes, cur.pos, seg.end)
-            {
-                Walk::Record { offset, view } => {
-                    scratch.clear();
-                    scratch.extend_from_slice(&bytes[offset..offset + view.len]);
-                    let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
-                    (offset, view.len, view.tombstone, view.expires_at_ms, key_start, view.key.len())
-                }
+            let Copied { offset, len, tombstone, expires_at_ms, key } = match scan::walk(bytes, cur.pos, seg.end) {
+                Walk::Record { offset, view } => Copied::of(bytes, offset, &view, &mut scratch),
                 Walk::Damaged { offset, resume } => {
                     // Damage found at recovery was never indexed, so
                     // nothing live is lost here; `finish_victim` checks.
@@ -104,7 +98,7 @@ impl Store {
                 }
                 Walk::End => break self.finish_victim(cur.clone()),
             };
-            let key = &scratch[key_start..key_start + key_len];
+            let key = &scratch[key];
             let hash = self.index_hash(key);
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();

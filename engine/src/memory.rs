@@ -23,7 +23,7 @@
 //! can never bring an older value back at recovery.
 
 use crate::error::{Error, Result};
-use crate::scan::{self, Walk};
+use crate::scan::{self, Copied, Walk};
 use crate::segment::HEADER_BYTES;
 use crate::store::{Mode, Store};
 
@@ -84,17 +84,12 @@ impl Store {
             }
             let Some(seg) = self.log.segment(slot) else { break Ok(()) };
             let bytes = seg.bytes();
-            let (offset, len, expires_at_ms, key_start, key_len) = match scan::walk(bytes, pos, seg.end) {
+            let Copied { offset, len, expires_at_ms, key, .. } = match scan::walk(bytes, pos, seg.end) {
                 Walk::Record { view, .. } if view.tombstone => {
                     pos += view.len;
                     continue;
                 }
-                Walk::Record { offset, view } => {
-                    scratch.clear();
-                    scratch.extend_from_slice(&bytes[offset..offset + view.len]);
-                    let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
-                    (offset, view.len, view.expires_at_ms, key_start, view.key.len())
-                }
+                Walk::Record { offset, view } => Copied::of(bytes, offset, &view, &mut scratch),
                 Walk::Damaged { resume, .. } => {
                     pos = resume;
                     continue;
@@ -102,7 +97,7 @@ impl Store {
                 Walk::Unreadable { .. } | Walk::End => break Ok(()),
             };
             pos = offset + len;
-            let hash = self.index_hash(&scratch[key_start..key_start + key_len]);
+            let hash = self.index_hash(&scratch[key]);
             let here = self.log.loc(slot, offset);
             let Some(marked) = self.index.mark_at(hash, here) else { continue };
             let expired = expires_at_ms.is_some_and(|at| at <= now);

@@ -83,3 +83,31 @@ pub fn walk(bytes: &[u8], pos: usize, end: usize) -> Walk<'_> {
         Step::End { .. } => Walk::End,
     }
 }
+
+/// A record copied out of its segment into a scratch buffer, so that the
+/// log can change (appends, rolls) while a walker handles it.
+#[derive(Debug, Clone)]
+pub struct Copied {
+    pub offset: usize,
+    pub len: usize,
+    pub tombstone: bool,
+    pub expires_at_ms: Option<u64>,
+    /// Where the key lies in the scratch buffer.
+    pub key: std::ops::Range<usize>,
+}
+
+impl Copied {
+    /// Copies the record `view`, found at `offset` of `bytes`, into `into`.
+    pub fn of(bytes: &[u8], offset: usize, view: &RecordView<'_>, into: &mut Vec<u8>) -> Copied {
+        into.clear();
+        into.extend_from_slice(&bytes[offset..offset + view.len]);
+        let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
+        Copied {
+            offset,
+            len: view.len,
+            tombstone: view.tombstone,
+            expires_at_ms: view.expires_at_ms,
+            key: key_start..key_start + view.key.len(),
+        }
+    }
+}

@@ -157,21 +157,34 @@ impl Segment {
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
         sync_dir(dir)?;
-        Ok(Segment {
+        Ok(Segment::over(header, path, map, Some(file), HEADER_BYTES, 0))
+    }
+
+    /// A segment over `map` whose records end at `end` (durable up to
+    /// there), nothing in it counted live yet.
+    fn over(
+        header: Header,
+        path: PathBuf,
+        map: MmapMut,
+        file: Option<File>,
+        end: usize,
+        resident_floor: usize,
+    ) -> Segment {
+        Segment {
             header,
             path,
             map,
-            file: Some(file),
-            resident_floor: 0,
-            end: HEADER_BYTES,
+            file,
+            resident_floor,
+            end,
             live_bytes: 0,
-            synced_to: HEADER_BYTES,
+            synced_to: end,
             header_dirty: false,
             damaged: false,
             expiry_min_ms: u64::MAX,
             sweep_after_ms: 0,
             tombstone_bytes: 0,
-        })
+        }
     }
 
     /// Maps an existing segment file. The header is returned unchecked in
@@ -202,21 +215,7 @@ impl Segment {
         if end < HEADER_BYTES || end as u64 > len {
             return Err(Error::BadSegment { path: path.into(), problem: format!("sealed end {end} out of range") });
         }
-        Ok(Segment {
-            header,
-            path: path.into(),
-            map,
-            file: Some(file),
-            resident_floor: 0,
-            end,
-            live_bytes: 0,
-            synced_to: end,
-            header_dirty: false,
-            damaged: false,
-            expiry_min_ms: u64::MAX,
-            sweep_after_ms: 0,
-            tombstone_bytes: 0,
-        })
+        Ok(Segment::over(header, path.into(), map, Some(file), end, 0))
     }
 
     /// A segment in anonymous memory (cache mode): nothing reaches disk.
@@ -232,21 +231,8 @@ impl Segment {
         };
         let header = Header { size_log2, sealed: false, slot, seq, sealed_end: 0 };
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
-        Ok(Segment {
-            header,
-            path: PathBuf::from(format!("<memory>/{}", file_name(slot))),
-            map,
-            file: None,
-            resident_floor,
-            end: HEADER_BYTES,
-            live_bytes: 0,
-            synced_to: HEADER_BYTES,
-            header_dirty: false,
-            damaged: false,
-            expiry_min_ms: u64::MAX,
-            sweep_after_ms: 0,
-            tombstone_bytes: 0,
-        })
+        let path = PathBuf::from(format!("<memory>/{}", file_name(slot)));
+        Ok(Segment::over(header, path, map, None, HEADER_BYTES, resident_floor))
     }
 
     pub fn is_in_memory(&self) -> bool {
