@@ -53,8 +53,9 @@ pub trait Protocol {
     /// shape is a plain GET; returns false otherwise.
     fn render_borrowed_get(&mut self, shape: &Self::Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool;
 
-    /// Called once the replies of a batch are written.
-    fn end_batch(&mut self, _shard: &Shard) {}
+    /// Called once the replies of a batch are written, with the time from
+    /// its read to then.
+    fn end_batch(&mut self, _shard: &Shard, _elapsed: std::time::Duration) {}
 
     /// The batch's first request as the slow log shows it, and the
     /// client's name; taken (and forgotten) at the end of every batch.
@@ -80,6 +81,14 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut pending: VecDeque<Pending<P::Shape>> = VecDeque::new();
     let limits = shard.shared.limits.clone();
     let mut shutdown = shard.shared.shutdown.subscribe();
+    if *shutdown.borrow_and_update() {
+        return;
+    }
+    // One future for the whole connection: made anew for every read, it
+    // would join and leave the channel's waiter list (a lock each) every
+    // request.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     // Complete requests are still buffered (the last batch stopped early):
     // serve them before reading, or a client waiting for their replies
     // would wait forever.
@@ -87,9 +96,6 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     // Reused for every batch.
     let mut job_buf: Vec<Job<P::Shape>> = Vec::new();
     loop {
-        if *shutdown.borrow_and_update() {
-            break;
-        }
         if !resume {
             // Idle connections may wait forever; one holding half a request
             // may not.
@@ -102,8 +108,9 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 }
             };
             let read = tokio::select! {
+                biased;
+                _ = &mut stop => break,
                 r = stream.read_buf(&mut inbuf) => r,
-                _ = shutdown.changed() => break,
                 () = stalled => {
                     tracing::info!(?peer, buffered = inbuf.len(), "client stalled in the middle of a request; closing");
                     break;
@@ -291,8 +298,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 out = BytesMut::with_capacity(READ_BUFFER_BYTES);
             }
         }
+        let elapsed = batch_started.elapsed();
         if commands > 0 {
-            let elapsed = batch_started.elapsed();
             shard.counters().latency.record_n(elapsed, commands);
             let (first, name) = proto.take_first_request();
             if shard.shared.slowlog.is_slow(elapsed) {
@@ -300,12 +307,12 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 shard.shared.slowlog.record(elapsed, &first, client, name, commands);
             }
         }
-        proto.end_batch(&shard);
+        proto.end_batch(&shard, elapsed);
         if close {
             break;
         }
     }
-    proto.end_batch(&shard);
+    proto.end_batch(&shard, std::time::Duration::ZERO);
     let _ = stream.shutdown().await;
 }
 

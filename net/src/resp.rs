@@ -364,14 +364,12 @@ pub struct Resp {
 /// Counts of one batch of requests, by command.
 #[derive(Debug, Default)]
 struct BatchStats {
-    started: Option<std::time::Instant>,
     /// (command, calls, failed, rejected), one entry per command seen.
     counts: Vec<(u8, u32, u32, u32)>,
 }
 
 impl BatchStats {
     fn entry(&mut self, command: u8) -> &mut (u8, u32, u32, u32) {
-        self.started.get_or_insert_with(std::time::Instant::now);
         let i = match self.counts.iter().position(|c| c.0 == command) {
             Some(i) => i,
             None => {
@@ -382,12 +380,11 @@ impl BatchStats {
         &mut self.counts[i]
     }
 
-    /// Adds the batch to the shard's counters; the batch's wall time is
-    /// shared among its calls (so `usec` includes waits for other shards
-    /// and for the group commit, as a client sees them).
-    fn flush(&mut self, shard: &Shard) {
-        let Some(started) = self.started.take() else { return };
-        let usec = started.elapsed().as_micros() as u64;
+    /// Adds the batch to the shard's counters; the batch's wall time
+    /// (`usec`, timed by the connection) is shared among its calls, so
+    /// `usec` includes waits for other shards and for the group commit, as
+    /// a client sees them.
+    fn flush(&mut self, shard: &Shard, usec: u64) {
         let calls: u64 = self.counts.iter().map(|c| u64::from(c.1)).sum();
         for (command, n, failed, rejected) in self.counts.drain(..) {
             if let Some(counter) = shard.counters().commandstats.get(usize::from(command)) {
@@ -670,8 +667,9 @@ impl Protocol for Resp {
             }
         }
         if matches!(shape.form, Form::Info { .. }) {
-            // INFO shows this connection's earlier commands too.
-            self.batch.flush(shard);
+            // INFO shows this connection's earlier commands too (their
+            // time is counted with the rest of the batch's).
+            self.batch.flush(shard, 0);
         }
         let at = out.len();
         render_form(&shape.form, results, shard, out);
@@ -695,8 +693,8 @@ impl Protocol for Resp {
         }
     }
 
-    fn end_batch(&mut self, shard: &Shard) {
-        self.batch.flush(shard);
+    fn end_batch(&mut self, shard: &Shard, elapsed: std::time::Duration) {
+        self.batch.flush(shard, elapsed.as_micros() as u64);
     }
 
     fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes) {
