@@ -6,11 +6,11 @@ CPU 0. Work is counted per CPU-second of the server process: utime+stime
 from /proc/PID/stat over the measured run, and operations as the server
 itself counted them (STATS / INFO total_commands_processed).
 
-Usage: python3 benches/compare.py [--seconds 10] [--only NAME] > table.md
+Usage: python3 benches/compare.py [--seconds 10] [--only NAME] [--rounds N] > table.md
 Needs target/release/ringkv (cargo build --release -p ringkv) and
 redis-server, redis-cli, redis-benchmark on PATH.
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 BIN = os.environ.get("RINGKV_BIN", "target/release/ringkv")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--only", default="")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="redis-benchmark rounds (Redis and ringkv alternate); the ratio of medians is printed")
     a = ap.parse_args()
     work = os.environ.get("BENCH_DIR", "/work/tmp-bench")
     os.makedirs(work, exist_ok=True)
@@ -220,17 +222,30 @@ def main():
         print()
         print("| redis-benchmark | server | server CPU-s | SET rps | GET rps | ops per server CPU-s |")
         print("|---|---|---|---|---|---|")
+        per_cpu = {}
         for pipe in ["16", "1"]:
             n = "2000000" if pipe == "16" else "300000"
-            for kind in ["redis", "ringkv"]:
-                s = Server(kind, ["--shards", "1"] if kind == "ringkv" else [], work)
-                try:
-                    r = redis_benchmark(s, s.resp, ["-t", "set,get", "-P", pipe, "-c", "50", "-d", "32", "-r", "1000000", "-n", n])
-                    ops = 2 * int(n)
-                    print(f"| -t set,get -P {pipe} -c 50 -d 32 -r 1000000 -n {n} | {kind} | {r['cpu']:.2f} | "
-                          f"{r['rps'][0]:,.0f} | {r['rps'][1]:,.0f} | **{ops / r['cpu']:,.0f}** |", flush=True)
-                finally:
-                    s.stop()
+            for _ in range(a.rounds):
+                for kind in ["redis", "ringkv"]:
+                    s = Server(kind, ["--shards", "1"] if kind == "ringkv" else [], work)
+                    try:
+                        r = redis_benchmark(s, s.resp, ["-t", "set,get", "-P", pipe, "-c", "50", "-d", "32", "-r", "1000000", "-n", n])
+                        ops = 2 * int(n)
+                        per_cpu.setdefault((pipe, kind), []).append(ops / r['cpu'])
+                        print(f"| -t set,get -P {pipe} -c 50 -d 32 -r 1000000 -n {n} | {kind} | {r['cpu']:.2f} | "
+                              f"{r['rps'][0]:,.0f} | {r['rps'][1]:,.0f} | **{ops / r['cpu']:,.0f}** |", flush=True)
+                    finally:
+                        s.stop()
+        if a.rounds > 1:
+            print()
+            print("| redis-benchmark -P | rounds | redis median | ringkv median | ratio of medians | ratio range |")
+            print("|---|---|---|---|---|---|")
+            for pipe in ["16", "1"]:
+                redis, ringkv = per_cpu[(pipe, "redis")], per_cpu[(pipe, "ringkv")]
+                ratios = [k / r for r, k in zip(redis, ringkv)]
+                print(f"| {pipe} | {a.rounds} | {statistics.median(redis):,.0f} | {statistics.median(ringkv):,.0f} | "
+                      f"**{statistics.median(ringkv) / statistics.median(redis):.2f}x** | "
+                      f"{min(ratios):.2f}x–{max(ratios):.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
