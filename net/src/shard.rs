@@ -199,10 +199,28 @@ impl Shard {
     /// the blocking pool, so the shard parses and appends the next group
     /// while the disk works on this one.
     pub async fn sync_loop(self: Rc<Self>) {
+        /// Bounds the wait for more writes before a flush starts.
+        const GROUP_COMMIT_YIELDS_MAX: usize = 16;
         loop {
             self.dirty.notified().await;
-            // Let the other connections of this turn add their writes.
-            tokio::task::yield_now().await;
+            // Let the other connections add their writes while any are
+            // still coming (each yield lets the runtime poll the sockets
+            // once): a flush costs the shard ~45 µs of CPU whatever it
+            // carries (fdatasync of one page, measured), so one flush for
+            // every write ready now, not one for the first few. Measured
+            // with 50 clients of SETs, server on one core: 45-47 writes a
+            // flush instead of 35-37 after a single yield, 78k-84k
+            // acknowledged writes/s instead of 71k-80k. Closing a group at
+            // half the previous one's size, so that the next gathers while
+            // this one is on disk, did worse (67k-69k): the flush and the
+            // shard share the core, so there is little to overlap.
+            for _ in 0..GROUP_COMMIT_YIELDS_MAX {
+                let before = self.write_seq.get();
+                tokio::task::yield_now().await;
+                if self.write_seq.get() == before {
+                    break;
+                }
+            }
             let target = self.write_seq.get();
             let ok = match self.with_store(Store::begin_sync) {
                 Ok(None) => true,
