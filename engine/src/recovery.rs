@@ -166,19 +166,27 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     Ok((store, report))
 }
 
-/// Sorts records by index hash, keeping log order among equal hashes (so
-/// versions of a key stay in order): an LSD radix sort, three passes of 11
-/// bits, stable by construction. Records arrive in log order.
+/// Bits of the hash the records are sorted by: its top 22, two passes of
+/// 11 bits. A full sort (three passes) bought nothing more: hashes that
+/// differ only in their low 10 bits share a slot's neighbourhood of the
+/// index at any size this store reaches.
+const SORT_BITS: u32 = 22;
+const PASS_BITS: u32 = 11;
+
+/// Sorts records by the top bits of their index hash (the table is ordered
+/// by hash), keeping log order among equal ones, so that versions of a key
+/// stay in order: an LSD radix sort, stable by construction. Records
+/// arrive in log order.
 fn sort_by_hash(found: &mut Vec<Found>) {
-    const BITS: u32 = 11;
-    const BUCKETS: usize = 1 << BITS;
+    const BUCKETS: usize = 1 << PASS_BITS;
+    let key = |f: &Found| f.hash >> (32 - SORT_BITS);
     if found.len() < 1024 {
-        found.sort_by_key(|f| f.hash);
+        found.sort_by_key(key);
         return;
     }
     let mut spare = found.clone();
-    for shift in [0, BITS, 2 * BITS] {
-        let digit = |f: &Found| ((f.hash >> shift) as usize) & (BUCKETS - 1);
+    for shift in (0..SORT_BITS).step_by(PASS_BITS as usize) {
+        let digit = |f: &Found| ((key(f) >> shift) as usize) & (BUCKETS - 1);
         let mut starts = [0usize; BUCKETS];
         found.iter().for_each(|f| starts[digit(f)] += 1);
         let mut sum = 0;
@@ -408,7 +416,7 @@ mod tests {
         let mut sorted = found.clone();
         sort_by_hash(&mut sorted);
         let mut expected = found;
-        expected.sort_by_key(|f| (f.hash, f.loc));
+        expected.sort_by_key(|f| (f.hash >> (32 - SORT_BITS), f.loc));
         assert!(sorted.iter().zip(&expected).all(|(a, b)| a.hash == b.hash && a.loc == b.loc));
     }
 }
