@@ -143,7 +143,7 @@ def main():
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--only", default="")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="redis-benchmark rounds (Redis and ringkv alternate); the ratio of medians is printed")
+                    help="rounds of each side-by-side workload (the servers take turns); medians are summarized")
     a = ap.parse_args()
     work = os.environ.get("BENCH_DIR", "/work/tmp-bench")
     os.makedirs(work, exist_ok=True)
@@ -151,17 +151,30 @@ def main():
     rows = []
     print("| workload | server | ops/s | ops counted by server | server CPU-s | ops per server CPU-s | p50 ms | p99 ms | p99.9 ms | bench CPU µs/op | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    summaries = []
+
     def three_servers(name, extra):
-        """Runs one workload against Redis, ringkv's RESP port and its native port."""
-        for kind in ["redis", "ringkv-resp", "ringkv-native"]:
-            s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
-            try:
-                port, proto = (s.resp, "resp") if kind != "ringkv-native" else (s.native, "native")
-                prefill(port, proto, a.keys)
-                r = measure(s, lambda: ringkv_bench(port, proto, extra, a.seconds))
-                print(row(name, kind, r), flush=True)
-            finally:
-                s.stop()
+        """Runs one workload against Redis, ringkv's RESP port and its native
+        port, `--rounds` times in turn, and keeps the medians for a summary."""
+        kinds = ["redis", "ringkv-resp", "ringkv-native"]
+        results = {k: [] for k in kinds}
+        for _ in range(a.rounds):
+            for kind in kinds:
+                s = Server("redis" if kind == "redis" else "ringkv", (["--shards", "1"] if kind != "redis" else []), work)
+                try:
+                    port, proto = (s.resp, "resp") if kind != "ringkv-native" else (s.native, "native")
+                    prefill(port, proto, a.keys)
+                    r = measure(s, lambda: ringkv_bench(port, proto, extra, a.seconds))
+                    results[kind].append(r)
+                    print(row(name, kind, r), flush=True)
+                finally:
+                    s.stop()
+        if a.rounds > 1:
+            med = lambda kind, key: statistics.median(r[key] for r in results[kind])
+            for kind in kinds:
+                summaries.append(f"| {name} | {kind} | {a.rounds} | {med(kind, 'per_cpu'):,.0f} | "
+                                 f"{med(kind, 'per_cpu') / med('redis', 'per_cpu'):.2f}x | {med(kind, 'p99'):.3f} | "
+                                 f"{sum(r['p99'] <= rr['p99'] for r, rr in zip(results[kind], results['redis']))} of {a.rounds} |")
 
     workloads = [
         ("no pipelining, 50 conns, 1:10", base + ["--pipeline", "1"]),
@@ -172,6 +185,11 @@ def main():
     for name, extra in workloads:
         if not a.only or a.only in name:
             three_servers(name, extra)
+    if summaries:
+        print()
+        print("| workload | server | rounds | median ops per server CPU-s | against Redis | median p99 ms | rounds with p99 ≤ Redis' |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(summaries), flush=True)
     # Two shards: shard-aware clients against clients that do not route.
     if not a.only or "shards" in a.only:
         for aware in [True, False]:
