@@ -53,8 +53,11 @@ pub trait Protocol {
     /// shape is a plain GET; returns false otherwise.
     fn render_borrowed_get(&mut self, shape: &Self::Shape, value: Option<&[u8]>, out: &mut BytesMut) -> bool;
 
-    /// Called once the replies of a batch are written, with the time from
-    /// its read to then.
+    /// Called when a batch starts, before its first request is parsed.
+    fn begin_batch(&mut self, _started: Instant) {}
+
+    /// Called once the replies of a batch are written (or the connection
+    /// ends in the middle of one), with the time since it started.
     fn end_batch(&mut self, _shard: &Shard, _elapsed: std::time::Duration) {}
 
     /// The batch's first request as the slow log shows it, and the
@@ -95,6 +98,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut resume = false;
     // Reused for every batch.
     let mut job_buf: Vec<Job<P::Shape>> = Vec::new();
+    // The start of the batch under way, if any.
+    let mut batch_started: Option<Instant> = None;
     loop {
         if !resume {
             // Idle connections may wait forever; one holding half a request
@@ -131,7 +136,9 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         let mut close = false;
         let mut commands = 0u64;
         resume = true;
-        let batch_started = Instant::now();
+        let started = Instant::now();
+        batch_started = Some(started);
+        proto.begin_batch(started);
         // Parse the batch first, so that its local keys' cache misses can
         // overlap (prefetch), then execute it in order.
         let mut jobs = std::mem::take(&mut job_buf);
@@ -298,7 +305,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 out = BytesMut::with_capacity(READ_BUFFER_BYTES);
             }
         }
-        let elapsed = batch_started.elapsed();
+        let elapsed = started.elapsed();
         if commands > 0 {
             shard.counters().latency.record_n(elapsed, commands);
             let (first, name) = proto.take_first_request();
@@ -308,11 +315,13 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             }
         }
         proto.end_batch(&shard, elapsed);
+        batch_started = None;
         if close {
             break;
         }
     }
-    proto.end_batch(&shard, std::time::Duration::ZERO);
+    // A batch cut short (a failed write or flush) still counts its time.
+    proto.end_batch(&shard, batch_started.map_or(std::time::Duration::ZERO, |s| s.elapsed()));
     let _ = stream.shutdown().await;
 }
 

@@ -366,6 +366,10 @@ pub struct Resp {
 struct BatchStats {
     /// (command, calls, failed, rejected), one entry per command seen.
     counts: Vec<(u8, u32, u32, u32)>,
+    /// When the batch started, and how much of its time (µs) was already
+    /// added to the counters (by an INFO in the middle of it).
+    started: Option<std::time::Instant>,
+    counted_usec: u64,
 }
 
 impl BatchStats {
@@ -380,11 +384,14 @@ impl BatchStats {
         &mut self.counts[i]
     }
 
-    /// Adds the batch to the shard's counters; the batch's wall time
-    /// (`usec`, timed by the connection) is shared among its calls, so
-    /// `usec` includes waits for other shards and for the group commit, as
-    /// a client sees them.
-    fn flush(&mut self, shard: &Shard, usec: u64) {
+    /// Adds the batch's calls so far to the shard's counters; its wall
+    /// time up to now (`until_usec` since it started, timed by the
+    /// connection), less what an earlier flush of the batch counted, is
+    /// shared among them, so `usec` includes waits for other shards and
+    /// for the group commit, as a client sees them.
+    fn flush(&mut self, shard: &Shard, until_usec: u64) {
+        let usec = until_usec.saturating_sub(self.counted_usec);
+        self.counted_usec = self.counted_usec.max(until_usec);
         let calls: u64 = self.counts.iter().map(|c| u64::from(c.1)).sum();
         for (command, n, failed, rejected) in self.counts.drain(..) {
             if let Some(counter) = shard.counters().commandstats.get(usize::from(command)) {
@@ -633,7 +640,9 @@ impl Protocol for Resp {
     type Shape = Shape;
 
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
-        if self.authenticated || shard.shared.requirepass.is_none() {
+        // (A limit below SET's three arguments leaves it to the general
+        // way, which refuses it.)
+        if (self.authenticated || shard.shared.requirepass.is_none()) && shard.shared.limits.args_max >= 3 {
             if let Some(job) = self.parse_fast(buf, shard) {
                 return Some(job);
             }
@@ -667,9 +676,9 @@ impl Protocol for Resp {
             }
         }
         if matches!(shape.form, Form::Info { .. }) {
-            // INFO shows this connection's earlier commands too (their
-            // time is counted with the rest of the batch's).
-            self.batch.flush(shard, 0);
+            // INFO shows this connection's earlier commands too.
+            let usec = self.batch.started.map_or(0, |s| s.elapsed().as_micros() as u64);
+            self.batch.flush(shard, usec);
         }
         let at = out.len();
         render_form(&shape.form, results, shard, out);
@@ -691,6 +700,11 @@ impl Protocol for Resp {
             }
             _ => false,
         }
+    }
+
+    fn begin_batch(&mut self, started: std::time::Instant) {
+        self.batch.started = Some(started);
+        self.batch.counted_usec = 0;
     }
 
     fn end_batch(&mut self, shard: &Shard, elapsed: std::time::Duration) {
