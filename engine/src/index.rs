@@ -89,12 +89,43 @@ struct Table {
     len: usize,
     /// Slots below this were moved to the next table (old table only).
     floor: usize,
+    /// While the table holds only entries appended in ascending hash order
+    /// (`append_sorted`), the slot after the last one; `None` once anything
+    /// else changed it.
+    sorted_end: Option<usize>,
 }
 
 impl Table {
     fn with_capacity(capacity: usize) -> Table {
         let capacity = capacity.max(CAPACITY_MIN_SLOTS);
-        Table { slots: vec![Cell::new(EMPTY); capacity + OVERFLOW_SLOTS], capacity, len: 0, floor: 0 }
+        Table {
+            slots: vec![Cell::new(EMPTY); capacity + OVERFLOW_SLOTS],
+            capacity,
+            len: 0,
+            floor: 0,
+            sorted_end: Some(0),
+        }
+    }
+
+    /// Adds an entry known to be absent. While every entry came this way in
+    /// ascending hash order, it goes straight to the first slot at or after
+    /// both its home and the last entry (homes grow with hashes, so no slot
+    /// between its home and its place is empty): no search, no shifting.
+    fn append_sorted(&mut self, e: u64) {
+        let hash = entry_hash(e);
+        let fast = self.sorted_end.filter(|&end| end == 0 || self.at(end - 1).is_some_and(|l| entry_hash(l) <= hash));
+        let Some(end) = fast else {
+            self.insert_new(e);
+            return;
+        };
+        let pos = self.home(hash).max(end);
+        if pos >= self.slots.len() {
+            let extra = OVERFLOW_SLOTS.max(self.slots.len() / 64).max(pos + 1 - self.slots.len());
+            self.slots.resize(self.slots.len() + extra, Cell::new(EMPTY));
+        }
+        self.slots[pos].set(e);
+        self.len += 1;
+        self.sorted_end = Some(pos + 1);
     }
 
     fn at(&self, i: usize) -> Option<u64> {
@@ -132,6 +163,7 @@ impl Table {
 
     /// Inserts `e` at `pos`, shifting the run after it one slot right.
     fn insert_at(&mut self, pos: usize, e: u64) {
+        self.sorted_end = None;
         let free = match self.raw()[pos..].iter().position(|&s| s == EMPTY) {
             Some(offset) => pos + offset,
             None => {
@@ -151,6 +183,7 @@ impl Table {
 
     /// Removes the entry at `pos`, shifting displaced entries back.
     fn remove_at(&mut self, pos: usize) {
+        self.sorted_end = None;
         let mut end = pos + 1;
         while let Some(e) = self.at(end) {
             if e == EMPTY || self.home(entry_hash(e)) >= end {
@@ -332,7 +365,7 @@ impl Index {
     /// Adds an entry known to be absent; used by bulk loads, which are
     /// fastest in ascending hash order.
     pub fn push_sorted(&mut self, hash: u32, loc: Loc) {
-        self.cur.insert_new(entry(hash, loc));
+        self.cur.append_sorted(entry(hash, loc));
         self.after_insert();
     }
 
@@ -359,7 +392,7 @@ impl Index {
     fn rebuild(&mut self, capacity: usize) {
         let mut next = Table::with_capacity(capacity);
         for e in self.cur.slots.iter().map(Cell::get).filter(|&e| e != EMPTY) {
-            next.insert_new(e);
+            next.append_sorted(e);
         }
         self.cur = next;
     }
@@ -580,6 +613,37 @@ mod sorted_batches {
     /// room: entries must then sit near their homes. Without the reserve,
     /// the smallest hashes of a batch pile up in the first slots of a small
     /// table and every insert scans the pile.
+    #[test]
+    fn sorted_pushes_then_any_change_keep_every_key() {
+        // Clustered hashes (long runs), equal hashes and hashes equal but
+        // for the mark bit, pushed in order as a checkpoint load does, then
+        // one out of order (the slow way), then ordinary changes.
+        let mut entries: Vec<(u32, Loc)> =
+            (0..20_000u32).map(|k| ((k / 3).wrapping_mul(0x9e37_79b9) >> 8 << 8 | (k % 2), 2 * k + 4)).collect();
+        entries.sort_unstable();
+        let mut index = Index::default();
+        index.reserve(entries.len() + 1);
+        for &(h, loc) in &entries {
+            index.push_sorted(h, loc);
+        }
+        index.push_sorted(7, 1_000_000);
+        entries.push((7, 1_000_000));
+        let find = |index: &Index, h: u32, loc: Loc| index.get(h, |l| l == loc);
+        for &(h, loc) in &entries {
+            assert_eq!(find(&index, h, loc), Some(loc), "hash {h:#x}");
+        }
+        for &(h, loc) in entries.iter().step_by(7) {
+            assert_eq!(index.remove(h, |l| l == loc), Some(loc));
+            assert_eq!(index.upsert(h, loc + 1, |l| l == loc), None);
+        }
+        index.fit();
+        for (i, &(h, loc)) in entries.iter().enumerate() {
+            let now = if i % 7 == 0 { loc + 1 } else { loc };
+            assert_eq!(find(&index, h, now), Some(now), "hash {h:#x}");
+        }
+        assert_eq!(index.len(), entries.len());
+    }
+
     #[test]
     fn sorted_batches_after_reserve_stay_near_home() {
         let mut index = Index::default();
