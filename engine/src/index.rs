@@ -609,10 +609,6 @@ mod sorted_batches {
         }
     }
 
-    /// Recovery inserts each segment's keys in hash order, after reserving
-    /// room: entries must then sit near their homes. Without the reserve,
-    /// the smallest hashes of a batch pile up in the first slots of a small
-    /// table and every insert scans the pile.
     #[test]
     fn sorted_pushes_then_any_change_keep_every_key() {
         // Clustered hashes (long runs), equal hashes and hashes equal but
@@ -644,6 +640,10 @@ mod sorted_batches {
         assert_eq!(index.len(), entries.len());
     }
 
+    /// Recovery inserts each segment's keys in hash order, after reserving
+    /// room: entries must then sit near their homes. Without the reserve,
+    /// the smallest hashes of a batch pile up in the first slots of a small
+    /// table and every insert scans the pile.
     #[test]
     fn sorted_batches_after_reserve_stay_near_home() {
         let mut index = Index::default();
