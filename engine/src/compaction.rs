@@ -30,6 +30,13 @@ pub struct Cursor {
     durable_at: Option<(u64, usize)>,
 }
 
+impl Cursor {
+    /// Every record is copied; deleting the victim waits for a flush.
+    pub(crate) fn awaits_flush(&self) -> bool {
+        self.durable_at.is_some()
+    }
+}
+
 impl Store {
     fn pick_victim(&self) -> Option<Cursor> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;

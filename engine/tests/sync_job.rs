@@ -48,14 +48,34 @@ fn a_failed_job_poisons_the_store() {
     assert!(store.stats().poisoned);
 }
 
-/// Under `everysec` a full segment is sealed only once a flush has made its
-/// records durable (a roll waits for no disk); until then it is not
-/// compacted, and a crash leaves it to recovery's torn-tail rule.
+/// The policies under which full segments wait for a flush instead of
+/// flushing when they roll: `everysec` always, `never` when the owner runs
+/// the flushes (`plan_flushes_elsewhere`, as the server does).
+const DEFERRING: [FsyncPolicy; 2] = [FsyncPolicy::EverySec, FsyncPolicy::Never];
+
+fn open_deferring(dir: &std::path::Path, config: Config) -> (Store, engine::RecoveryReport) {
+    let fsync = config.fsync;
+    let (mut store, report) = Store::open(dir, config).unwrap();
+    if fsync == FsyncPolicy::Never {
+        store.plan_flushes_elsewhere();
+    }
+    (store, report)
+}
+
+/// A full segment is sealed only once a flush has made its records durable
+/// (a roll waits for no disk); until then it is not compacted, and a crash
+/// leaves it to recovery's torn-tail rule.
 #[test]
 fn full_segments_are_sealed_after_their_flush() {
+    for fsync in DEFERRING {
+        full_segments_are_sealed_after_their_flush_under(fsync);
+    }
+}
+
+fn full_segments_are_sealed_after_their_flush_under(fsync: FsyncPolicy) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config { compaction_garbage_ratio_min: 0.2, ..config() };
-    let (mut store, _) = Store::open(dir.path(), config.clone()).unwrap();
+    let config = Config { compaction_garbage_ratio_min: 0.2, fsync, ..config() };
+    let (mut store, _) = open_deferring(dir.path(), config.clone());
     for round in 0..3u32 {
         for i in 0..600u32 {
             store.set(format!("k{i}").as_bytes(), &round.to_le_bytes().repeat(25), SetOptions::default()).unwrap();
@@ -63,9 +83,10 @@ fn full_segments_are_sealed_after_their_flush() {
     }
     assert!(store.stats().segments >= 4, "{:?}", store.stats());
     assert!(!store.compact_step(1 << 20).unwrap(), "nothing sealed, nothing to compact yet");
+    assert!(store.sync_due(), "full segments wait for a flush ({fsync:?})");
     // A crash now: every record is back (the page cache has them all).
     drop(store);
-    let (mut store, report) = Store::open(dir.path(), config.clone()).unwrap();
+    let (mut store, report) = open_deferring(dir.path(), config.clone());
     assert!(report.corrupt.is_empty() && report.torn.is_empty(), "{report:?}");
     for i in 0..600u32 {
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&2u32.to_le_bytes().repeat(25)[..]));
@@ -84,7 +105,7 @@ fn full_segments_are_sealed_after_their_flush() {
             break;
         }
     }
-    assert!(store.stats().compactions > 0, "{:?}", store.stats());
+    assert!(store.stats().compactions > 0, "{fsync:?}: {:?}", store.stats());
     store.close().unwrap();
     let (store, report) = Store::open(dir.path(), config).unwrap();
     assert!(report.hint_used, "a clean close seals everything: {report:?}");
@@ -93,13 +114,19 @@ fn full_segments_are_sealed_after_their_flush() {
     }
 }
 
-/// Under `everysec` a compacted segment is deleted only once a flush has
-/// made the copies of its live records durable.
+/// A compacted segment is deleted only once a flush has made the copies of
+/// its live records durable, and the store says it wants that flush.
 #[test]
 fn a_victim_waits_for_the_flush_of_its_copies() {
+    for fsync in DEFERRING {
+        a_victim_waits_for_the_flush_of_its_copies_under(fsync);
+    }
+}
+
+fn a_victim_waits_for_the_flush_of_its_copies_under(fsync: FsyncPolicy) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config { compaction_garbage_ratio_min: 0.2, ..config() };
-    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let config = Config { compaction_garbage_ratio_min: 0.2, fsync, ..config() };
+    let (mut store, _) = open_deferring(dir.path(), config);
     let flush = |store: &mut Store| {
         let job = store.begin_sync().unwrap().expect("something to flush");
         let took = job.run();
@@ -120,7 +147,8 @@ fn a_victim_waits_for_the_flush_of_its_copies() {
             break;
         }
     }
-    assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays");
+    assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays ({fsync:?})");
+    assert!(store.sync_due(), "the victim waits for a flush ({fsync:?})");
     flush(&mut store);
     for _ in 0..1000 {
         if !store.compact_step(1 << 20).unwrap() {
