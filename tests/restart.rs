@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{runtime, Node};
+use common::{runtime, Node, RespConn};
 use net::client::SetArgs;
+use net::resp::Reply;
 
 #[test]
 fn sigterm_exits_zero_and_restart_keeps_data() {
@@ -35,4 +36,51 @@ fn sigterm_exits_zero_and_restart_keeps_data() {
         assert!(ttl > 3_500_000, "expiry survives restart: {ttl}");
     });
     assert!(node.stop().success());
+}
+
+/// Segments fill, the next ones are made ahead of need on the blocking
+/// pool, compaction removes old ones: a clean stop still leaves exactly the
+/// files its checkpoint describes, so the next open loads it instead of
+/// scanning the log.
+#[test]
+fn a_stop_while_segments_roll_leaves_a_usable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--shards", "1", "--segment-mb", "1", "--fsync", "never"];
+    let node = Node::start(dir.path(), &flags);
+    let value = |round: u8| vec![round; 1000];
+    let mut info = RespConn::connect(node.resp);
+    let persistence = |info: &mut RespConn| match info.call(&["INFO", "persistence"]) {
+        Reply::Bulk(Some(text)) => String::from_utf8_lossy(&text).into_owned(),
+        other => panic!("INFO: {other:?}"),
+    };
+    let ready = |info: &mut RespConn| persistence(info).contains("segments_ready:1");
+    runtime().block_on(async {
+        let mut c = node.client().await;
+        for round in 0..3u8 {
+            for i in 0..1500 {
+                c.set(format!("k{i}").as_bytes(), &value(round), SetArgs::default()).await.unwrap();
+            }
+        }
+        // Until the next segment is ready (the active one is half full and
+        // the maintenance loop made it), so that the stop finds one.
+        let mut i = 0;
+        while !ready(&mut info) {
+            assert!(i < 100_000, "no segment made ahead of need");
+            c.set(format!("k{}", i % 1500).as_bytes(), &value(2), SetArgs::default()).await.unwrap();
+            i += 1;
+        }
+    });
+    let stats = persistence(&mut info);
+    assert!(!stats.contains("compactions:0\r"), "segments rolled and were compacted: {stats}");
+    assert!(node.stop().success());
+    let shard = dir.path().join("shard-0");
+    let names: Vec<String> =
+        std::fs::read_dir(&shard).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".doomed")), "removed files deleted at the stop: {names:?}");
+    let config = engine::Config { segment_size_bytes: 1 << 20, ..engine::Config::default() };
+    let (store, report) = engine::Store::open(&shard, config).unwrap();
+    assert!(report.hint_used, "{report:?}");
+    for i in 0..1500 {
+        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&value(2)[..]), "k{i}");
+    }
 }

@@ -61,6 +61,27 @@ pub struct Log {
     /// deleting a large file takes the filesystem milliseconds, which the
     /// owning thread can leave to another (`Store::take_doomed_files`).
     pub doomed: Vec<PathBuf>,
+    /// A segment created ahead of need on another thread, which the next
+    /// roll takes instead of creating one (`Store::begin_prepare`).
+    pub prepared: Option<Segment>,
+    /// The slot and seq reserved for a segment being created elsewhere.
+    pub preparing: Option<Preparing>,
+    /// Seqs of compacted segments whose removal no directory flush has
+    /// made durable yet: after a crash they may be back, so they still
+    /// count as older segments (`has_older_than`).
+    pub unsettled: Vec<u64>,
+    /// Rolls that made their file segment on the owning thread.
+    pub rolls_waited: u64,
+}
+
+/// A segment being created on another thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preparing {
+    pub slot: u32,
+    pub seq: u64,
+    /// A roll could not wait for it and created a newer segment: it is
+    /// discarded when it arrives (its seq is older than the head's).
+    pub stale: bool,
 }
 
 impl Log {
@@ -197,20 +218,32 @@ impl Log {
             .sum();
     }
 
-    /// Seals the active segment and opens a fresh one.
+    /// Seals the active segment and opens a fresh one: the one made ahead
+    /// of need (`Store::begin_prepare`) if it is there, else a new one.
     ///
     /// The old segment's records are made durable before its header says
     /// where they end, so that a sealed end never covers bytes the disk
     /// may not have (which recovery would take for damage). One flush per
     /// segment is cheap at any fsync policy.
     pub fn roll(&mut self) -> Result<()> {
-        let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
-        let fresh = if self.in_memory {
-            Segment::in_memory(slot, self.next_seq, self.size_log2, self.spare.take())?
-        } else {
-            Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?
+        let fresh = match self.prepared.take() {
+            Some(ready) => ready,
+            None => {
+                let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
+                let fresh = if self.in_memory {
+                    Segment::in_memory(slot, self.next_seq, self.size_log2, self.spare.take())?
+                } else {
+                    self.rolls_waited += 1;
+                    Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?
+                };
+                self.next_seq += 1;
+                if let Some(p) = &mut self.preparing {
+                    p.stale = true;
+                }
+                fresh
+            }
         };
-        self.next_seq += 1;
+        let slot = fresh.header.slot;
         if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
             if self.seal_after_flush {
                 // Unsealed until flushed: a crash before then leaves it to
@@ -222,11 +255,10 @@ impl Log {
             }
             self.unsynced.push(self.active);
         }
-        if slot as usize == self.segments.len() {
-            self.segments.push(Some(fresh));
-        } else {
-            self.segments[slot as usize] = Some(fresh);
+        if slot as usize >= self.segments.len() {
+            self.segments.resize_with(slot as usize + 1, || None);
         }
+        self.segments[slot as usize] = Some(fresh);
         self.active = slot;
         self.recount_resident();
         Ok(())
@@ -242,11 +274,14 @@ impl Log {
         }
     }
 
-    fn free_slot(&self) -> Option<u32> {
-        match self.segments.iter().position(Option::is_none) {
-            Some(slot) => Some(slot as u32),
-            None => Some(self.segments.len() as u32).filter(|&n| n < self.max_slots()),
-        }
+    /// The lowest slot that neither holds a segment nor is reserved for one
+    /// being prepared.
+    pub fn free_slot(&self) -> Option<u32> {
+        let reserved = |slot: u32| {
+            self.preparing.is_some_and(|p| p.slot == slot)
+                || self.prepared.as_ref().is_some_and(|s| s.header.slot == slot)
+        };
+        (0..self.max_slots()).find(|&slot| self.segment(slot).is_none() && !reserved(slot))
     }
 
     /// Counts a record's bytes as no longer live.
@@ -289,6 +324,10 @@ impl Log {
                 seg.seal();
                 seg.sync()?;
             }
+        }
+        if !self.unsettled.is_empty() {
+            segment::sync_dir_io(&self.dir)?;
+            self.unsettled.clear();
         }
         Ok(())
     }
@@ -353,13 +392,7 @@ impl Log {
                     self.spare = seg.into_reusable();
                 }
             } else {
-                // Renamed at once (the slot's name is free for a new
-                // segment, and recovery ignores the file), deleted later.
-                let path = seg.path.clone();
-                let doomed = path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
-                drop(seg);
-                std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
-                self.doomed.push(doomed);
+                self.doom(seg)?;
             }
         }
         self.unsynced.retain(|&s| s != slot);
@@ -371,6 +404,18 @@ impl Log {
         Ok(())
     }
 
+    /// Renames a segment's file out of the way at once (the slot's name is
+    /// free for a new segment, and recovery ignores the file); the file is
+    /// deleted later.
+    pub fn doom(&mut self, seg: Segment) -> Result<()> {
+        let path = seg.path.clone();
+        let doomed = path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
+        drop(seg);
+        std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
+        self.doomed.push(doomed);
+        Ok(())
+    }
+
     /// Live segments, oldest first.
     pub fn by_seq(&self) -> Vec<u32> {
         let mut slots: Vec<u32> =
@@ -379,9 +424,11 @@ impl Log {
         slots
     }
 
-    /// True when some segment is older than `seq`: a tombstone or expired
-    /// record in a segment at `seq` may still hide an older version there.
+    /// True when some segment is older than `seq`, or was and may be back
+    /// after a crash (its removal is not durable yet): a tombstone or
+    /// expired record in a segment at `seq` may still hide an older version
+    /// there.
     pub fn has_older_than(&self, seq: u64) -> bool {
-        self.segments.iter().flatten().any(|s| s.header.seq < seq)
+        self.segments.iter().flatten().any(|s| s.header.seq < seq) || self.unsettled.iter().any(|&s| s < seq)
     }
 }

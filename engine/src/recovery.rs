@@ -90,6 +90,10 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
         pending_seal: Vec::new(),
         doomed: Vec::new(),
+        prepared: None,
+        preparing: None,
+        unsettled: Vec::new(),
+        rolls_waited: 0,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
         let slot = seg.header.slot as usize;

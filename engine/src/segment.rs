@@ -346,7 +346,12 @@ fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
 
 /// Makes directory entries (created, renamed or removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io(format!("sync directory {}", dir.display())))
+    sync_dir_io(dir).map_err(Error::io(format!("sync directory {}", dir.display())))
+}
+
+/// `sync_dir` with the bare I/O error.
+pub fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -216,6 +216,11 @@ pub struct Stats {
     pub dead_bytes: u64,
     pub segments: u64,
     pub segment_bytes: u64,
+    /// Segments made ahead of need and not yet taken by a roll.
+    pub segments_ready: u64,
+    /// Rolls that made their segment on the owning thread, waiting for the
+    /// disk (none was ready).
+    pub rolls_waited: u64,
     pub index_bytes: u64,
     pub syncs: u64,
     pub compactions: u64,
@@ -245,6 +250,8 @@ impl Stats {
             dead_bytes,
             segments,
             segment_bytes,
+            segments_ready,
+            rolls_waited,
             index_bytes,
             syncs,
             compactions,
@@ -264,6 +271,8 @@ impl Stats {
         self.dead_bytes += dead_bytes;
         self.segments += segments;
         self.segment_bytes += segment_bytes;
+        self.segments_ready += segments_ready;
+        self.rolls_waited += rolls_waited;
         self.index_bytes += index_bytes;
         self.syncs += syncs;
         self.compactions += compactions;
@@ -689,6 +698,7 @@ impl Store {
             }
         }
         self.log.sync_dir()?;
+        self.log.unsettled.clear();
         self.index.clear();
         self.compaction = None;
         self.sweep = None;
@@ -719,6 +729,8 @@ impl Store {
             memory_max_bytes: self.config.memory_max_bytes.unwrap_or(0),
             sync_durations: self.counters.sync_durations.clone(),
             poisoned: self.poisoned.is_some(),
+            segments_ready: u64::from(self.log.prepared.is_some()),
+            rolls_waited: self.log.rolls_waited,
             ..Stats::default()
         };
         for seg in self.log.segments.iter().flatten() {
@@ -777,12 +789,15 @@ impl Store {
     }
 
     /// True when a flush is wanted: `everysec`'s periodic one, or one that
-    /// a full segment waits for before it is sealed, or a compacted segment
-    /// before it is deleted.
+    /// a full segment waits for before it is sealed, a compacted segment
+    /// before it is deleted, or its removal to be durable.
     pub fn sync_due(&self) -> bool {
         let periodic =
             self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000;
-        periodic || !self.log.pending_seal.is_empty() || self.compaction.as_ref().is_some_and(|c| c.awaits_flush())
+        periodic
+            || !self.log.pending_seal.is_empty()
+            || !self.log.unsettled.is_empty()
+            || self.compaction.as_ref().is_some_and(|c| c.awaits_flush())
     }
 
     /// Tells the store that its owner runs every flush itself, on another
@@ -813,7 +828,9 @@ impl Store {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         let targets = self.log.flush_targets().map_err(Error::io("duplicate a segment descriptor"))?;
-        Ok((!targets.is_empty()).then_some(SyncJob { targets }))
+        let settles = self.log.unsettled.clone();
+        let dir = (!settles.is_empty()).then(|| self.log.dir.clone());
+        Ok((!targets.is_empty() || dir.is_some()).then_some(SyncJob { targets, dir, settles }))
     }
 
     /// Records how a `SyncJob` went. A failed flush poisons the store, as
@@ -821,6 +838,7 @@ impl Store {
     pub fn finish_sync(&mut self, job: SyncJob, outcome: std::io::Result<std::time::Duration>) -> Result<()> {
         if outcome.is_ok() {
             self.log.flushed(&job.targets);
+            self.log.unsettled.retain(|seq| !job.settles.contains(seq));
         }
         self.record_flush(outcome)
     }
@@ -843,11 +861,60 @@ impl Store {
         self.compact_step(COMPACTION_STEP_BYTES)
     }
 
+    /// Plans the creation of the next segment on another thread, so that
+    /// the roll to it waits for no disk: creating a segment on the owning
+    /// thread (a file, its preallocation, a header flush and a directory
+    /// flush) held it up to 5-20 ms (the shard thread blocked on the disk
+    /// in `fsync`, `msync` and ext4's block allocator, `perf sched`).
+    /// `None` until the active segment is half full, while a segment is
+    /// ready or being made, and for memory segments.
+    pub fn begin_prepare(&mut self) -> Option<PrepareJob> {
+        let log = &mut self.log;
+        if log.in_memory || self.poisoned.is_some() || log.prepared.is_some() || log.preparing.is_some() {
+            return None;
+        }
+        if log.segment(log.active)?.end < log.segment_size() / 2 {
+            return None;
+        }
+        let slot = log.free_slot()?;
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        log.preparing = Some(crate::log::Preparing { slot, seq, stale: false });
+        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2 })
+    }
+
+    /// Takes a segment made by a [`PrepareJob`]: the next roll uses it.
+    /// One that a roll went past (it could not wait and made a newer one)
+    /// is discarded; a failure is logged, and the roll makes its own.
+    pub fn finish_prepare(&mut self, prepared: PreparedSegment) {
+        let PreparedSegment { slot, seq, made } = prepared;
+        let expected = self.log.preparing.take_if(|p| p.slot == slot && p.seq == seq);
+        match (made, expected) {
+            (Ok(seg), Some(p)) if !p.stale => self.log.prepared = Some(seg),
+            (Ok(seg), _) => {
+                if let Err(err) = self.log.doom(seg) {
+                    tracing::warn!(error = %err, "could not discard a segment made too late");
+                }
+            }
+            (Err(err), _) => {
+                tracing::warn!(error = %err, "making the next segment ahead of need failed; the roll will make it");
+            }
+        }
+    }
+
     /// Syncs, seals and writes the index checkpoint so the next open skips
     /// the scan.
     pub fn close(mut self) -> Result<()> {
         if self.log.in_memory {
             return Ok(());
+        }
+        // Not in the checkpoint, which must match the files exactly (the
+        // checkpoint's directory flush makes the rename durable).
+        if let Some(seg) = self.log.prepared.take() {
+            self.log.doom(seg)?;
+        }
+        for path in self.take_doomed_files() {
+            remove_doomed(&path);
         }
         self.log.seal_active();
         self.sync()?;
@@ -863,21 +930,57 @@ pub fn remove_doomed(path: &std::path::Path) {
     }
 }
 
+/// The creation of the next segment, planned by [`Store::begin_prepare`],
+/// to run on any thread.
+#[derive(Debug)]
+pub struct PrepareJob {
+    dir: std::path::PathBuf,
+    slot: u32,
+    seq: u64,
+    size_log2: u8,
+}
+
+impl PrepareJob {
+    /// Creates the segment file, preallocated, its header and directory
+    /// entry durable; blocks on the disk.
+    pub fn run(self) -> PreparedSegment {
+        let made = crate::segment::Segment::create(&self.dir, self.slot, self.seq, self.size_log2);
+        PreparedSegment { slot: self.slot, seq: self.seq, made }
+    }
+}
+
+/// What a [`PrepareJob`] made, for [`Store::finish_prepare`].
+#[derive(Debug)]
+pub struct PreparedSegment {
+    slot: u32,
+    seq: u64,
+    made: Result<crate::segment::Segment>,
+}
+
 /// A flush planned by [`Store::begin_sync`], to run on any thread.
 #[derive(Debug)]
 pub struct SyncJob {
     targets: Vec<crate::log::FlushTarget>,
+    /// The directory, when removals wait for its flush...
+    dir: Option<std::path::PathBuf>,
+    /// ...and the seqs of the removed segments it settles.
+    settles: Vec<u64>,
 }
 
 impl SyncJob {
-    /// Flushes each file (`fdatasync`); blocks on the disk. Returns how
-    /// long it took on success.
+    /// Flushes each file (`fdatasync`), then the directory if removals
+    /// wait for it; blocks on the disk. Returns how long it took on
+    /// success.
     pub fn run(&self) -> std::io::Result<std::time::Duration> {
         let started = std::time::Instant::now();
         for t in &self.targets {
             t.file
                 .sync_data()
                 .map_err(|e| std::io::Error::new(e.kind(), format!("flush {}: {e}", t.path.display())))?;
+        }
+        if let Some(dir) = &self.dir {
+            crate::segment::sync_dir_io(dir)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("flush directory {}: {e}", dir.display())))?;
         }
         Ok(started.elapsed())
     }

@@ -62,20 +62,47 @@ fn open_deferring(dir: &std::path::Path, config: Config) -> (Store, engine::Reco
     (store, report)
 }
 
+/// Plans a flush, runs it, records it.
+fn flush(store: &mut Store) {
+    let job = store.begin_sync().unwrap().expect("something to flush");
+    let took = job.run();
+    store.finish_sync(job, took).unwrap();
+}
+
+/// Compaction steps until there is nothing more to do now (bounded).
+fn compact(store: &mut Store) {
+    for _ in 0..1000 {
+        if !store.compact_step(1 << 20).unwrap() {
+            break;
+        }
+    }
+}
+
+/// Runs `test` with a fresh store under each deferring policy; compaction
+/// takes segments with a fifth of garbage.
+fn under_each_deferring(test: fn(FsyncPolicy, &std::path::Path, Config, Store)) {
+    for fsync in DEFERRING {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { compaction_garbage_ratio_min: 0.2, fsync, ..config() };
+        let (store, _) = open_deferring(dir.path(), config.clone());
+        test(fsync, dir.path(), config, store);
+    }
+}
+
 /// A full segment is sealed only once a flush has made its records durable
 /// (a roll waits for no disk); until then it is not compacted, and a crash
 /// leaves it to recovery's torn-tail rule.
 #[test]
 fn full_segments_are_sealed_after_their_flush() {
-    for fsync in DEFERRING {
-        full_segments_are_sealed_after_their_flush_under(fsync);
-    }
+    under_each_deferring(full_segments_are_sealed_after_their_flush_under);
 }
 
-fn full_segments_are_sealed_after_their_flush_under(fsync: FsyncPolicy) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config { compaction_garbage_ratio_min: 0.2, fsync, ..config() };
-    let (mut store, _) = open_deferring(dir.path(), config.clone());
+fn full_segments_are_sealed_after_their_flush_under(
+    fsync: FsyncPolicy,
+    dir: &std::path::Path,
+    config: Config,
+    mut store: Store,
+) {
     for round in 0..3u32 {
         for i in 0..600u32 {
             store.set(format!("k{i}").as_bytes(), &round.to_le_bytes().repeat(25), SetOptions::default()).unwrap();
@@ -86,7 +113,7 @@ fn full_segments_are_sealed_after_their_flush_under(fsync: FsyncPolicy) {
     assert!(store.sync_due(), "full segments wait for a flush ({fsync:?})");
     // A crash now: every record is back (the page cache has them all).
     drop(store);
-    let (mut store, report) = open_deferring(dir.path(), config.clone());
+    let (mut store, report) = open_deferring(dir, config.clone());
     assert!(report.corrupt.is_empty() && report.torn.is_empty(), "{report:?}");
     for i in 0..600u32 {
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&2u32.to_le_bytes().repeat(25)[..]));
@@ -95,19 +122,12 @@ fn full_segments_are_sealed_after_their_flush_under(fsync: FsyncPolicy) {
     for i in 0..600u32 {
         store.set(format!("k{i}").as_bytes(), &9u32.to_le_bytes().repeat(25), SetOptions::default()).unwrap();
     }
-    for _ in 0..2 {
-        let job = store.begin_sync().unwrap().expect("something to flush");
-        let took = job.run();
-        store.finish_sync(job, took).unwrap();
-    }
-    for _ in 0..1000 {
-        if !store.compact_step(1 << 20).unwrap() {
-            break;
-        }
-    }
+    flush(&mut store);
+    flush(&mut store);
+    compact(&mut store);
     assert!(store.stats().compactions > 0, "{fsync:?}: {:?}", store.stats());
     store.close().unwrap();
-    let (store, report) = Store::open(dir.path(), config).unwrap();
+    let (store, report) = Store::open(dir, config).unwrap();
     assert!(report.hint_used, "a clean close seals everything: {report:?}");
     for i in 0..600u32 {
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&9u32.to_le_bytes().repeat(25)[..]));
@@ -118,20 +138,15 @@ fn full_segments_are_sealed_after_their_flush_under(fsync: FsyncPolicy) {
 /// its live records durable, and the store says it wants that flush.
 #[test]
 fn a_victim_waits_for_the_flush_of_its_copies() {
-    for fsync in DEFERRING {
-        a_victim_waits_for_the_flush_of_its_copies_under(fsync);
-    }
+    under_each_deferring(a_victim_waits_for_the_flush_of_its_copies_under);
 }
 
-fn a_victim_waits_for_the_flush_of_its_copies_under(fsync: FsyncPolicy) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config { compaction_garbage_ratio_min: 0.2, fsync, ..config() };
-    let (mut store, _) = open_deferring(dir.path(), config);
-    let flush = |store: &mut Store| {
-        let job = store.begin_sync().unwrap().expect("something to flush");
-        let took = job.run();
-        store.finish_sync(job, took).unwrap();
-    };
+fn a_victim_waits_for_the_flush_of_its_copies_under(
+    fsync: FsyncPolicy,
+    _: &std::path::Path,
+    _: Config,
+    mut store: Store,
+) {
     for i in 0..1200u32 {
         store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
     }
@@ -142,22 +157,78 @@ fn a_victim_waits_for_the_flush_of_its_copies_under(fsync: FsyncPolicy) {
     }
     flush(&mut store);
     flush(&mut store);
-    for _ in 0..1000 {
-        if !store.compact_step(1 << 20).unwrap() {
-            break;
-        }
-    }
+    compact(&mut store);
     assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays ({fsync:?})");
     assert!(store.sync_due(), "the victim waits for a flush ({fsync:?})");
     flush(&mut store);
-    for _ in 0..1000 {
-        if !store.compact_step(1 << 20).unwrap() {
-            break;
-        }
-    }
+    compact(&mut store);
     assert!(store.stats().compactions >= 1, "{:?}", store.stats());
     for i in 0..1200u32 {
         let want = if i % 2 == 0 { 2u8 } else { 1u8 };
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&[want; 100][..]), "k{i}");
+    }
+}
+
+/// A compacted segment's removal is durable only after a directory flush.
+/// Until then it may come back after a crash, so a tombstone that hides
+/// one of its keys must not be dropped by the compaction of a newer
+/// segment: here the newer segment goes without any flush in between
+/// (nothing of it was copied), and a crash may keep its removal while
+/// losing the older one's.
+#[test]
+fn tombstones_outlive_removals_not_yet_durable() {
+    under_each_deferring(tombstones_outlive_removals_not_yet_durable_under);
+}
+
+fn tombstones_outlive_removals_not_yet_durable_under(
+    fsync: FsyncPolicy,
+    dir: &std::path::Path,
+    config: Config,
+    mut store: Store,
+) {
+    let set =
+        |store: &mut Store, key: String, v: u8| store.set(key.as_bytes(), &[v; 100], SetOptions::default()).unwrap();
+    let fill_segment = |store: &mut Store, prefix: &str, v: u8| {
+        let segments = store.stats().segments;
+        let mut keys = Vec::new();
+        while store.stats().segments == segments {
+            let key = format!("{prefix}{}", keys.len());
+            set(store, key.clone(), v);
+            keys.push(key);
+        }
+        keys
+    };
+    // Segment 0: the key, then fillers. Segment 1: its tombstone, then
+    // fillers. Then every filler is overwritten: both are all garbage but
+    // for the tombstone.
+    set(&mut store, "gone".into(), 1);
+    let mut keys = fill_segment(&mut store, "a", 1);
+    assert!(store.delete(b"gone").unwrap());
+    keys.extend(fill_segment(&mut store, "b", 1));
+    for key in &keys {
+        set(&mut store, key.clone(), 2);
+    }
+    flush(&mut store);
+    flush(&mut store);
+    // No flush from here on: segment 0 goes first (all garbage), then
+    // segment 1.
+    compact(&mut store);
+    assert_eq!(store.stats().compactions, 1, "{fsync:?}: segment 1 waits for the flush of the tombstone's copy");
+    assert!(store.sync_due(), "{fsync:?}: the removal waits for a directory flush");
+    // A crash that lost segment 0's removal (a rename in the directory).
+    let first = dir.join("000000.seg");
+    assert!(!first.exists(), "{fsync:?}: slot 0 not reused");
+    let doomed = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(".seg.0."))
+        .expect("segment 0 renamed, not yet deleted");
+    std::fs::rename(doomed, &first).unwrap();
+    drop(store);
+    let (store, _) = open_deferring(dir, config);
+    assert_eq!(store.get(b"gone"), None, "{fsync:?}: a deleted key came back");
+    for key in &keys {
+        assert_eq!(store.get(key.as_bytes()), Some(&[2u8; 100][..]), "{fsync:?}: {key}");
     }
 }

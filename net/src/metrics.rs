@@ -165,6 +165,8 @@ pub async fn render(shared: &Shared) -> String {
     family("ringkv_dead_bytes", "gauge", "Bytes of superseded records not yet compacted.", store(&|s| s.dead_bytes));
     family("ringkv_segments", "gauge", "Segment files.", store(&|s| s.segments));
     family("ringkv_segment_bytes", "gauge", "Bytes of segment files (mapped).", store(&|s| s.segment_bytes));
+    family("ringkv_segments_ready", "gauge", "Segments made ahead of need.", store(&|s| s.segments_ready));
+    family("ringkv_rolls_waited_total", "counter", "Rolls that waited for the disk.", store(&|s| s.rolls_waited));
     family("ringkv_index_bytes", "gauge", "Bytes of index memory.", store(&|s| s.index_bytes));
     family("ringkv_syncs_total", "counter", "Flushes of the log to disk.", store(&|s| s.syncs));
     family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));

@@ -359,6 +359,12 @@ fn run_shard(
         while shared.open_connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // A segment still being made would be left out of the checkpoint
+        // (the next open would then scan the log instead of loading it).
+        let deadline = tokio::time::Instant::now() + grace;
+        while shard.preparing.get() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     });
     let store = shard.store.borrow_mut().take();
     if let Some(store) = store {

@@ -137,6 +137,9 @@ pub struct Shard {
     pub connections_done: Notify,
     /// MSETNX reservations on this shard and the requests parked on them.
     pub reservations: RefCell<crate::txn::Reservations>,
+    /// A segment is being made on the blocking pool (`Store::begin_prepare`):
+    /// the store is closed only after it arrived.
+    pub preparing: Cell<bool>,
 }
 
 impl Shard {
@@ -155,6 +158,7 @@ impl Shard {
             connections: Cell::new(0),
             connections_done: Notify::new(),
             reservations: RefCell::new(crate::txn::Reservations::default()),
+            preparing: Cell::new(false),
         }
     }
 
@@ -305,6 +309,19 @@ impl Shard {
                     Ok(None) => {}
                     Err(err) => tracing::error!(shard = self.id, error = %err, "periodic flush not started"),
                 }
+            }
+            // The next segment is made ahead of need, on the blocking pool
+            // too, in a task of its own so that this loop goes on.
+            if let Some(job) = self.with_store(Store::begin_prepare) {
+                self.preparing.set(true);
+                let shard = self.clone();
+                tokio::task::spawn_local(async move {
+                    match tokio::task::spawn_blocking(move || job.run()).await {
+                        Ok(made) => shard.with_store(|s| s.finish_prepare(made)),
+                        Err(err) => tracing::error!(shard = shard.id, error = %err, "segment preparation failed"),
+                    }
+                    shard.preparing.set(false);
+                });
             }
             // Deleting a compacted 64 MiB file took ext4 14-15 ms (strace):
             // the blocking pool does it (a file left by a crash is deleted
