@@ -95,11 +95,26 @@ struct Table {
     sorted_end: Option<usize>,
 }
 
+/// `n` empty slots in zeroed memory. `vec![Cell::new(EMPTY); n]` writes
+/// every slot (the standard library does not know a `Cell` of zero is all
+/// zero bytes): a growth step of the index then wrote its whole new table
+/// at once, e.g. 64 MiB, on the shard thread that waits for it. Zeroed
+/// memory comes from the allocator as fresh pages that the kernel zeroes
+/// when first touched, so the cost is spread over the migration.
+fn empty_slots(n: usize) -> Vec<Cell<u64>> {
+    const _: () = assert!(EMPTY == 0, "empty slots are zero bytes");
+    let mut zeroed = std::mem::ManuallyDrop::new(vec![0u64; n]);
+    // SAFETY: `Cell<u64>` has the same size, alignment and layout as `u64`
+    // (`repr(transparent)`), and the allocation is handed over whole: same
+    // pointer, length and capacity, never freed twice.
+    unsafe { Vec::from_raw_parts(zeroed.as_mut_ptr().cast::<Cell<u64>>(), zeroed.len(), zeroed.capacity()) }
+}
+
 impl Table {
     fn with_capacity(capacity: usize) -> Table {
         let capacity = capacity.max(CAPACITY_MIN_SLOTS);
         Table {
-            slots: vec![Cell::new(EMPTY); capacity + OVERFLOW_SLOTS],
+            slots: empty_slots(capacity + OVERFLOW_SLOTS),
             capacity,
             len: 0,
             floor: 0,
