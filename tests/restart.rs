@@ -84,3 +84,39 @@ fn a_stop_while_segments_roll_leaves_a_usable_checkpoint() {
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&value(2)[..]), "k{i}");
     }
 }
+
+/// Pinned shard threads start the blocking pool's threads (flushes,
+/// segment files), which would inherit the pin and take their shard's core
+/// from its requests: they run on any of the process's CPUs instead.
+#[test]
+fn flush_threads_are_not_pinned_to_their_shard_core() {
+    let cpus_of = |status: &str| -> String {
+        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or_default().trim().to_string()
+    };
+    let process = cpus_of(&std::fs::read_to_string("/proc/self/status").unwrap());
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("one CPU ({process}): a pinned thread and a free one look the same; nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_pinned(dir.path(), &["--shards", "1", "--fsync", "always"]);
+    runtime().block_on(async {
+        let mut c = node.client().await;
+        // A durable write: the group commit flushes on the blocking pool.
+        c.set(b"k", b"v", SetArgs::default()).await.unwrap();
+    });
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", node.child.id())).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap().trim().to_string();
+        let cpus = cpus_of(&std::fs::read_to_string(task.path().join("status")).unwrap());
+        threads.push((comm, cpus));
+    }
+    let shard = threads.iter().find(|(c, _)| c == "shard-0").expect("shard thread");
+    assert_eq!(shard.1, "0", "the shard thread is pinned: {threads:?}");
+    let pool: Vec<_> = threads.iter().filter(|(c, _)| c.starts_with("tokio")).collect();
+    assert!(!pool.is_empty(), "the flush ran on the blocking pool: {threads:?}");
+    for (_, cpus) in pool {
+        assert_eq!(cpus, &process, "a blocking thread keeps the CPUs of the process: {threads:?}");
+    }
+    assert!(node.stop().success());
+}

@@ -83,7 +83,7 @@ fn entry_loc(e: u64) -> Loc {
 
 #[derive(Debug)]
 struct Table {
-    slots: Vec<Cell<u64>>,
+    slots: Slots,
     /// Number of home slots; `slots` has `OVERFLOW_SLOTS` more.
     capacity: usize,
     len: usize,
@@ -95,31 +95,78 @@ struct Table {
     sorted_end: Option<usize>,
 }
 
-/// `n` empty slots in zeroed memory. `vec![Cell::new(EMPTY); n]` writes
-/// every slot (the standard library does not know a `Cell` of zero is all
-/// zero bytes): a growth step of the index then wrote its whole new table
-/// at once, e.g. 64 MiB, on the shard thread that waits for it. Zeroed
-/// memory comes from the allocator as fresh pages that the kernel zeroes
-/// when first touched, so the cost is spread over the migration.
-fn empty_slots(n: usize) -> Vec<Cell<u64>> {
-    const _: () = assert!(EMPTY == 0, "empty slots are zero bytes");
-    let mut zeroed = std::mem::ManuallyDrop::new(vec![0u64; n]);
-    // SAFETY: `Cell<u64>` has the same size, alignment and layout as `u64`
-    // (`repr(transparent)`), and the allocation is handed over whole: same
-    // pointer, length and capacity, never freed twice.
-    unsafe { Vec::from_raw_parts(zeroed.as_mut_ptr().cast::<Cell<u64>>(), zeroed.len(), zeroed.capacity()) }
+/// The slot array, in an anonymous mapping of its own: the kernel hands
+/// out zeroed pages as they are first touched, so a table of millions of
+/// slots costs nothing up front and its zeroing is spread over the
+/// migration. From the allocator, a growth step's table was zeroed at once
+/// on the shard thread: `vec![Cell::new(EMPTY); n]` writes every slot, and
+/// mimalloc's zeroed allocation still wrote all of a 64 MiB table, a 26 ms
+/// stall (`perf record` of SETs of new keys at -P 16).
+struct Slots {
+    /// Taken from the mapping mutably once, so writes through the cells
+    /// have the right to write.
+    ptr: std::ptr::NonNull<Cell<u64>>,
+    len: usize,
+    /// Owns the memory; unmapped on drop.
+    _map: memmap2::MmapMut,
+}
+
+// SAFETY: `Slots` owns its mapping exclusively, as a `Vec<Cell<u64>>`
+// owns its buffer, and `Cell<u64>` is `Send`.
+unsafe impl Send for Slots {}
+
+impl Slots {
+    fn new(len: usize) -> Slots {
+        const _: () = assert!(EMPTY == 0, "empty slots are zero bytes");
+        let bytes = (len * std::mem::size_of::<u64>()).max(1);
+        // Out of address space is out of memory, as for a `Vec`.
+        let mut map = memmap2::MmapMut::map_anon(bytes).expect("map the index's slots");
+        let ptr = std::ptr::NonNull::new(map.as_mut_ptr().cast::<Cell<u64>>()).expect("a mapping is never null");
+        Slots { ptr, len, _map: map }
+    }
+
+    /// Adds `extra` empty slots at the end.
+    fn grow(&mut self, extra: usize) {
+        let bigger = Slots::new(self.len + extra);
+        for (to, from) in bigger.iter().zip(self.iter()) {
+            to.set(from.get());
+        }
+        *self = bigger;
+    }
+
+    /// Bytes mapped.
+    fn bytes(&self) -> usize {
+        self.len * std::mem::size_of::<u64>()
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Cell<u64>];
+
+    fn deref(&self) -> &[Cell<u64>] {
+        // SAFETY: `ptr` points at `len` initialised (zeroed or written)
+        // `Cell<u64>`s, page aligned, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut [Cell<u64>] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").field("len", &self.len).finish()
+    }
 }
 
 impl Table {
     fn with_capacity(capacity: usize) -> Table {
         let capacity = capacity.max(CAPACITY_MIN_SLOTS);
-        Table {
-            slots: empty_slots(capacity + OVERFLOW_SLOTS),
-            capacity,
-            len: 0,
-            floor: 0,
-            sorted_end: Some(0),
-        }
+        Table { slots: Slots::new(capacity + OVERFLOW_SLOTS), capacity, len: 0, floor: 0, sorted_end: Some(0) }
     }
 
     /// Adds an entry known to be absent. While every entry came this way in
@@ -136,7 +183,7 @@ impl Table {
         let pos = self.home(hash).max(end);
         if pos >= self.slots.len() {
             let extra = OVERFLOW_SLOTS.max(self.slots.len() / 64).max(pos + 1 - self.slots.len());
-            self.slots.resize(self.slots.len() + extra, Cell::new(EMPTY));
+            self.slots.grow(extra);
         }
         self.slots[pos].set(e);
         self.len += 1;
@@ -186,7 +233,7 @@ impl Table {
                 // This copies the table once, which only a pathological run
                 // at the very end of the hash space can cause.
                 let extra = OVERFLOW_SLOTS.max(self.slots.len() / 64);
-                self.slots.resize(self.slots.len() + extra, Cell::new(EMPTY));
+                self.slots.grow(extra);
                 self.raw()[pos..].iter().position(|&s| s == EMPTY).map_or(pos, |o| pos + o)
             }
         };
@@ -253,7 +300,7 @@ impl Index {
 
     /// Bytes of memory held by the slot arrays.
     pub fn heap_bytes(&self) -> usize {
-        let table = |t: &Table| t.slots.capacity() * std::mem::size_of::<u64>();
+        let table = |t: &Table| t.slots.bytes();
         table(&self.cur) + self.old.as_ref().map_or(0, table)
     }
 

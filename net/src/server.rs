@@ -226,8 +226,19 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
+                // The blocking pool's threads (flushes, segment files) are
+                // started by this thread and would inherit its pin: they
+                // get the process's CPUs back, so that a flush does not
+                // take this shard's core from its requests.
+                let unpinned = pin.and_then(|_| affinity());
                 if let Some(cpu) = pin {
-                    pin_to_cpu(cpu);
+                    let mut set = empty_cpu_set();
+                    // SAFETY: `set` is a valid cpu_set_t; `cpu` is below the
+                    // CPU count, within CPU_SETSIZE.
+                    unsafe { libc::CPU_SET(cpu, &mut set) };
+                    if !set_affinity(&set) {
+                        tracing::warn!(cpu, "could not pin shard thread");
+                    }
                 }
                 let store = match Store::open(&dir, store_config) {
                     Ok((store, report)) => {
@@ -245,7 +256,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
                         return Ok(());
                     }
                 };
-                run_shard(id, shared, store, inbox, native, resp, own, ready, grace)
+                run_shard(id, shared, store, inbox, native, resp, own, ready, grace, unpinned)
             })
             .map_err(|e| ServerError::Config(format!("spawn shard thread: {e}")))?;
         threads.push(thread);
@@ -305,15 +316,23 @@ fn local_ring(addr: SocketAddr, shards: usize) -> Result<Ring, ServerError> {
     Ring::new(description).map_err(|e| ServerError::Config(e.to_string()))
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(cpu, "could not pin shard thread");
-        }
-    }
+fn empty_cpu_set() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data, all zeros is the empty set.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The calling thread's allowed CPUs.
+fn affinity() -> Option<libc::cpu_set_t> {
+    let mut set = empty_cpu_set();
+    // SAFETY: sched_getaffinity writes at most the size given into `set`.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (rc == 0).then_some(set)
+}
+
+/// Restricts the calling thread to `set`; false when the kernel refused.
+fn set_affinity(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: sched_setaffinity reads the size given from `set`.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -327,9 +346,16 @@ fn run_shard(
     own: std::net::TcpListener,
     ready: std::sync::mpsc::Sender<Result<usize, ServerError>>,
     grace: Duration,
+    unpinned: Option<libc::cpu_set_t>,
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // A current-thread runtime starts threads only for its blocking pool.
+        .on_thread_start(move || {
+            if let Some(set) = &unpinned {
+                set_affinity(set);
+            }
+        })
         .build()
         .map_err(|e| ServerError::Config(format!("runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();

@@ -30,10 +30,21 @@ pub struct Node {
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Node {
-    /// Starts a node over `data_dir` with extra flags.
+    /// Starts a node over `data_dir` with extra flags, shard threads not
+    /// pinned (tests share the machine).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_with(data_dir, &[&["--no-pin"], extra].concat())
+    }
+
+    /// Starts a node with its shard threads pinned to cores, as in
+    /// production.
+    pub fn start_pinned(data_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_with(data_dir, extra)
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
-            .args(["serve", "--port", "0", "--resp-port", "0", "--no-pin", "--log-level", "warn"])
+            .args(["serve", "--port", "0", "--resp-port", "0", "--log-level", "warn"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
