@@ -40,7 +40,6 @@ impl Cursor {
 impl Store {
     fn pick_victim(&self) -> Option<Cursor> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
-        let oldest = self.log.segments.iter().flatten().map(|s| s.header.seq).min();
         let mut best: Option<(f64, u32)> = None;
         for (slot, seg) in self.log.segments.iter().enumerate() {
             let Some(seg) = seg else { continue };
@@ -50,7 +49,7 @@ impl Store {
             // Tombstones are copied, not dropped, while an older segment
             // exists: counting them as garbage would compact a segment of
             // tombstones into another one, forever.
-            let kept = if Some(seg.header.seq) == oldest { 0 } else { seg.tombstone_bytes };
+            let kept = if self.log.has_older_than(seg.header.seq) { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
             if garbage >= self.config.compaction_garbage_ratio_min && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));

@@ -70,8 +70,12 @@ pub struct Log {
     /// made durable yet: after a crash they may be back, so they still
     /// count as older segments (`has_older_than`).
     pub unsettled: Vec<u64>,
-    /// Rolls that made their file segment on the owning thread.
+    /// Rolls that made their file segment on the owning thread (the roll
+    /// at open and FLUSHALL's included).
     pub rolls_waited: u64,
+    /// The seq of the active segment when a preparation failed: no other
+    /// is tried before the log rolls past it.
+    pub prepare_failed_during: Option<u64>,
 }
 
 /// A segment being created on another thread.
@@ -304,7 +308,9 @@ impl Log {
         if self.in_memory {
             return false;
         }
-        !self.unsynced.is_empty() || self.segment(self.active).is_some_and(Segment::needs_sync)
+        !self.unsynced.is_empty()
+            || !self.unsettled.is_empty()
+            || self.segment(self.active).is_some_and(Segment::needs_sync)
     }
 
     /// Makes every appended byte durable, then seals the full segments

@@ -94,6 +94,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         preparing: None,
         unsettled: Vec::new(),
         rolls_waited: 0,
+        prepare_failed_during: None,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
         let slot = seg.header.slot as usize;

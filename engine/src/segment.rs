@@ -140,15 +140,34 @@ impl Segment {
     /// Creates and preallocates a new segment file, header written and
     /// durable, its directory entry durable too.
     pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8) -> Result<Segment> {
+        Segment::create_with(dir, slot, seq, size_log2, false)
+    }
+
+    /// `create`, for another thread ahead of need: it never replaces a file
+    /// (the store may have been closed and opened again meanwhile, and made
+    /// that slot's file itself), and a file it made and could not finish is
+    /// deleted.
+    pub fn create_new(dir: &Path, slot: u32, seq: u64, size_log2: u8) -> Result<Segment> {
+        let made = Segment::create_with(dir, slot, seq, size_log2, true);
+        if let Err(err) = &made {
+            if !matches!(err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) {
+                let _ = std::fs::remove_file(dir.join(file_name(slot)));
+            }
+        }
+        made
+    }
+
+    fn create_with(dir: &Path, slot: u32, seq: u64, size_log2: u8, exclusive: bool) -> Result<Segment> {
         let path = dir.join(file_name(slot));
         let size = 1u64 << size_log2;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(Error::io(format!("create {}", path.display())))?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if exclusive {
+            options.create_new(true);
+        } else {
+            options.create(true).truncate(true);
+        }
+        let file = options.open(&path).map_err(Error::io(format!("create {}", path.display())))?;
         preallocate(&file, size).map_err(Error::io(format!("preallocate {}", path.display())))?;
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.

@@ -792,6 +792,9 @@ impl Store {
     /// a full segment waits for before it is sealed, a compacted segment
     /// before it is deleted, or its removal to be durable.
     pub fn sync_due(&self) -> bool {
+        if self.poisoned.is_some() {
+            return false;
+        }
         let periodic =
             self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000;
         periodic
@@ -873,7 +876,8 @@ impl Store {
         if log.in_memory || self.poisoned.is_some() || log.prepared.is_some() || log.preparing.is_some() {
             return None;
         }
-        if log.segment(log.active)?.end < log.segment_size() / 2 {
+        let active = log.segment(log.active)?;
+        if active.end < log.segment_size() / 2 || log.prepare_failed_during == Some(active.header.seq) {
             return None;
         }
         let slot = log.free_slot()?;
@@ -897,9 +901,19 @@ impl Store {
                 }
             }
             (Err(err), _) => {
+                // Not again before the next roll (a full disk would fail
+                // every 10 ms).
+                self.log.prepare_failed_during = self.log.segment(self.log.active).map(|s| s.header.seq);
                 tracing::warn!(error = %err, "making the next segment ahead of need failed; the roll will make it");
             }
         }
+    }
+
+    /// Forgets a preparation whose job was lost (its thread panicked): the
+    /// slot is free again and the next roll makes its own segment.
+    pub fn abandon_prepare(&mut self) {
+        self.log.preparing = None;
+        self.log.prepare_failed_during = self.log.segment(self.log.active).map(|s| s.header.seq);
     }
 
     /// Syncs, seals and writes the index checkpoint so the next open skips
@@ -944,7 +958,7 @@ impl PrepareJob {
     /// Creates the segment file, preallocated, its header and directory
     /// entry durable; blocks on the disk.
     pub fn run(self) -> PreparedSegment {
-        let made = crate::segment::Segment::create(&self.dir, self.slot, self.seq, self.size_log2);
+        let made = crate::segment::Segment::create_new(&self.dir, self.slot, self.seq, self.size_log2);
         PreparedSegment { slot: self.slot, seq: self.seq, made }
     }
 }

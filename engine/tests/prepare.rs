@@ -25,14 +25,21 @@ fn check(store: &Store, n: u32, v: u8) {
     }
 }
 
-#[test]
-fn the_roll_takes_the_prepared_segment() {
+/// A store whose owner makes segments ahead, its active segment half full
+/// of `k0`..`k299` (value 1), and the preparation it then plans.
+fn half_full() -> (tempfile::TempDir, Store, engine::PrepareJob) {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path(), config()).unwrap();
     store.plan_flushes_elsewhere();
     assert!(store.begin_prepare().is_none(), "the active segment is not half full yet");
     write(&mut store, 0, 300, 1);
     let job = store.begin_prepare().expect("half full");
+    (dir, store, job)
+}
+
+#[test]
+fn the_roll_takes_the_prepared_segment() {
+    let (dir, mut store, job) = half_full();
     assert!(store.begin_prepare().is_none(), "one at a time");
     let made = std::thread::spawn(move || job.run()).join().unwrap();
     store.finish_prepare(made);
@@ -66,11 +73,7 @@ fn the_roll_takes_the_prepared_segment() {
 
 #[test]
 fn a_segment_made_too_late_is_discarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut store, _) = Store::open(dir.path(), config()).unwrap();
-    store.plan_flushes_elsewhere();
-    write(&mut store, 0, 300, 1);
-    let job = store.begin_prepare().expect("half full");
+    let (dir, mut store, job) = half_full();
     // The log rolls before the job is done: the roll makes its own, newer
     // segment.
     write(&mut store, 300, 600, 1);
@@ -80,9 +83,36 @@ fn a_segment_made_too_late_is_discarded() {
     store.finish_prepare(made);
     assert_eq!(segment_files(dir.path()), files, "discarded: renamed out of the way");
     write(&mut store, 900, 600, 1);
-    check(&store, 1500, 1);
+    // Overwritten, then a crash: the log is scanned, and the newest
+    // versions are in the newest segments only if no record went into an
+    // older one.
+    write(&mut store, 0, 1500, 2);
+    drop(store);
+    let (mut store, report) = Store::open(dir.path(), config()).unwrap();
+    assert!(!report.hint_used && report.corrupt.is_empty(), "{report:?}");
+    check(&store, 1500, 2);
+    store.plan_flushes_elsewhere();
+    write(&mut store, 0, 100, 3);
     store.close().unwrap();
     let (store, report) = Store::open(dir.path(), config()).unwrap();
     assert!(report.hint_used, "{report:?}");
-    check(&store, 1500, 1);
+    check(&store, 100, 3);
+}
+
+/// A preparation still out when the store closes (the server's shutdown
+/// grace ran out) finishes after the store was opened again: it must not
+/// replace a file the new store made, nor lose a record.
+#[test]
+fn a_preparation_outliving_its_store_harms_nothing() {
+    let (dir, store, job) = half_full();
+    store.close().unwrap();
+    let (mut store, _) = Store::open(dir.path(), config()).unwrap();
+    // The new store rolls at open and writes: its files take the slots.
+    write(&mut store, 0, 600, 2);
+    let _late = job.run();
+    check(&store, 600, 2);
+    drop(store);
+    let (store, report) = Store::open(dir.path(), config()).unwrap();
+    assert!(report.corrupt.is_empty() && report.quarantined.is_empty(), "{report:?}");
+    check(&store, 600, 2);
 }

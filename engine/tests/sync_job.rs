@@ -232,3 +232,37 @@ fn tombstones_outlive_removals_not_yet_durable_under(
         assert_eq!(store.get(key.as_bytes()), Some(&[2u8; 100][..]), "{fsync:?}: {key}");
     }
 }
+
+/// The directory flush that makes removals durable comes with the next
+/// flush, planned (`SyncJob`) or inline (`sync`, which `tick` runs for an
+/// engine-only caller), even when nothing else is left to flush, and then
+/// nothing more is due.
+#[test]
+fn removals_settle_with_the_next_flush() {
+    for fsync in DEFERRING {
+        for planned in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            // Only segments without a live record are victims: removing
+            // them copies nothing, so the removal is all there is to flush.
+            let config = Config { compaction_garbage_ratio_min: 0.99, fsync, ..config() };
+            let (mut store, _) = open_deferring(dir.path(), config);
+            for round in 0..3u8 {
+                for i in 0..600u32 {
+                    store.set(format!("k{i}").as_bytes(), &[round; 100], SetOptions::default()).unwrap();
+                }
+            }
+            flush(&mut store);
+            flush(&mut store);
+            assert!(!store.needs_sync(), "{fsync:?}: all durable");
+            compact(&mut store);
+            assert!(store.stats().compactions > 0, "{fsync:?}: {:?}", store.stats());
+            assert!(store.sync_due() && store.needs_sync(), "{fsync:?}: a removal waits for the directory flush");
+            if planned {
+                flush(&mut store);
+            } else {
+                store.sync().unwrap();
+            }
+            assert!(!store.sync_due() && !store.needs_sync(), "{fsync:?}, planned {planned}: settled");
+        }
+    }
+}

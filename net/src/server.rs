@@ -212,7 +212,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, ServerError>>();
     let mut threads = Vec::new();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed_cpus = cpu_list();
     for ((((id, inbox), native), resp), own) in inboxes.into_iter().enumerate().zip(native).zip(resp).zip(own) {
         let shared = shared.clone();
         let ready = ready_tx.clone();
@@ -221,7 +221,9 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             memory_max_bytes: config.store.memory_max_bytes.map(|node| node / shards as u64),
             ..config.store.clone()
         };
-        let pin = config.pin_cores.then_some(id % cpus);
+        // The i-th CPU the process may use, not CPU i: under a cpuset or
+        // `taskset` those differ.
+        let pin = config.pin_cores.then(|| allowed_cpus.get(id % allowed_cpus.len().max(1)).copied()).flatten();
         let grace = config.shutdown_grace;
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
@@ -319,6 +321,13 @@ fn local_ring(addr: SocketAddr, shards: usize) -> Result<Ring, ServerError> {
 fn empty_cpu_set() -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is plain data, all zeros is the empty set.
     unsafe { std::mem::zeroed() }
+}
+
+/// The CPUs the calling thread may run on, in order.
+fn cpu_list() -> Vec<usize> {
+    let Some(set) = affinity() else { return Vec::new() };
+    // SAFETY: CPU_ISSET reads `set`, a valid cpu_set_t, below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
 }
 
 /// The calling thread's allowed CPUs.

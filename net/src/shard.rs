@@ -318,7 +318,10 @@ impl Shard {
                 tokio::task::spawn_local(async move {
                     match tokio::task::spawn_blocking(move || job.run()).await {
                         Ok(made) => shard.with_store(|s| s.finish_prepare(made)),
-                        Err(err) => tracing::error!(shard = shard.id, error = %err, "segment preparation failed"),
+                        Err(err) => {
+                            tracing::error!(shard = shard.id, error = %err, "segment preparation failed");
+                            shard.with_store(Store::abandon_prepare);
+                        }
                     }
                     shard.preparing.set(false);
                 });
