@@ -134,6 +134,18 @@ impl Slots {
         *self = bigger;
     }
 
+    /// Faults every page in, writable, in one call: for a table about to
+    /// be filled at once (a bulk load), where touching the pages one by one
+    /// costs two faults each (the first read maps the shared zero page, the
+    /// first write copies it). 10M keys (`engine_memory restart 10000000
+    /// 2`, four interleaved runs each): recovery 654-700 MiB/s instead of
+    /// 608-671, clean restart 0.151-0.183 s instead of 0.163-0.188.
+    fn populate(&self) {
+        if let Err(err) = self._map.advise(memmap2::Advice::PopulateWrite) {
+            tracing::debug!(error = %err, "MADV_POPULATE_WRITE failed; pages fault in as touched");
+        }
+    }
+
     /// Bytes mapped.
     fn bytes(&self) -> usize {
         self.len * std::mem::size_of::<u64>()
@@ -285,9 +297,14 @@ impl Default for Index {
 }
 
 impl Index {
-    /// An index sized to hold `keys` entries without growing.
+    /// An index sized to hold `keys` entries without growing, its pages
+    /// faulted in at once when it is to be filled at once (`keys` > 0).
     pub fn with_capacity(keys: usize) -> Index {
-        Index { cur: Table::with_capacity(keys * 100 / LOAD_MAX_PERCENT + 1), old: None, threshold: 0 }
+        let cur = Table::with_capacity(keys * 100 / LOAD_MAX_PERCENT + 1);
+        if keys > 0 {
+            cur.slots.populate();
+        }
+        Index { cur, old: None, threshold: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -437,6 +454,7 @@ impl Index {
         self.finish_growth();
         if keys * 100 > self.cur.capacity * LOAD_MAX_PERCENT {
             self.rebuild(keys * 100 / LOAD_MAX_PERCENT + 1);
+            self.cur.slots.populate();
         }
     }
 
