@@ -52,7 +52,7 @@ impl Store {
                 self.sweep = Some(cur);
                 return;
             }
-            let (offset, len, expires_at_ms, hash) = match scan::walk(seg.bytes(), cur.pos, seg.end) {
+            let (offset, len, expires_at_ms, hash) = match scan::walk(seg, cur.pos) {
                 Walk::Record { offset, view } => match view.expires_at_ms {
                     Some(at) if !view.tombstone => (offset, view.len, at, self.index_hash(view.key)),
                     _ => {

@@ -1,8 +1,8 @@
 //! The memory bound: what counts, and what happens when it is reached.
 //!
 //! Memory used is the index plus the resident bytes of every segment: the
-//! pages up to the end of its records (all of a recycled memory segment's,
-//! and of the spare mapping kept for the next one). Each write checks that one segment
+//! pages up to the end of its records (all of a recycled segment's, and
+//! of the spares kept for the next ones). Each write checks that one segment
 //! of headroom remains under the bound (the room the active segment may
 //! still fill and eviction's copies need), and room for the index's next
 //! growth step once that step is near. When it does not:
@@ -45,9 +45,10 @@ impl Store {
             if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {
                 return Ok(());
             }
+            // Spare files are a cache of pages: they go before any data.
             let evicted = match self.config.mode {
                 Mode::Cache => self.evict_oldest()?,
-                Mode::Store => false,
+                Mode::Store => self.log.discard_spare_files(),
             };
             if !evicted {
                 // Nothing (more) can be freed now: compaction may still
@@ -69,6 +70,7 @@ impl Store {
         if self.compaction.as_ref().is_some_and(|c| c.slot == slot) {
             self.compaction = None;
         }
+        self.compacted_waiting.retain(|c| c.slot != slot);
         if self.sweep.as_ref().is_some_and(|c| c.slot == slot) {
             self.sweep = None;
         }
@@ -83,8 +85,8 @@ impl Store {
                 prefetched_to = self.prefetch_index_of_records(slot, pos, crate::compaction::PREFETCH_RECORDS);
             }
             let Some(seg) = self.log.segment(slot) else { break Ok(()) };
-            let bytes = seg.bytes();
-            let Copied { offset, len, expires_at_ms, key, .. } = match scan::walk(bytes, pos, seg.end) {
+            let (bytes, crc_key) = (seg.bytes(), seg.crc_key);
+            let Copied { offset, len, expires_at_ms, key, .. } = match scan::walk(seg, pos) {
                 Walk::Record { view, .. } if view.tombstone => {
                     pos += view.len;
                     continue;
@@ -102,7 +104,7 @@ impl Store {
             let Some(marked) = self.index.mark_at(hash, here) else { continue };
             let expired = expires_at_ms.is_some_and(|at| at <= now);
             if marked && !expired && kept_bytes + len <= keep_max_bytes {
-                match self.append_raw(&scratch, expires_at_ms) {
+                match self.append_raw(&scratch, crc_key, expires_at_ms) {
                     Ok(to) => {
                         self.log.mark_live(to, len);
                         self.index.relocate(hash, here, to, false);

@@ -7,8 +7,13 @@
 //! | crc32  | meta         | value_len   | expires_ms | key | value | padding |
 //! +--------+--------------+-------------+------------+-----+-------+---------+
 //! meta = key_len << 2 | EXPIRES << 1 | TOMBSTONE
-//! crc32 covers every byte from `meta` to the end of `value`.
+//! crc32 = CRC-32 of every byte from `meta` to the end of `value`, XOR the
+//! segment's checksum key.
 //! ```
+//!
+//! The checksum key (`segment::crc_key`) differs for every segment a file
+//! has been, so the records a recycled file still holds from an earlier
+//! life never pass for records of its new one.
 //!
 //! Records start on 8-byte boundaries so that the index can address them in
 //! 8-byte units; padding bytes are zero. A 16-byte key with a 32-byte value
@@ -65,9 +70,8 @@ impl RecordSpec<'_> {
     }
 
     /// Writes the record into `out`, which must be exactly
-    /// `encoded_len()` bytes and zeroed (segments are preallocated with
-    /// zeros, so padding costs nothing).
-    pub fn encode_into(&self, out: &mut [u8]) {
+    /// `encoded_len()` bytes, its checksum keyed with `crc_key`.
+    pub fn encode_into(&self, out: &mut [u8], crc_key: u32) {
         assert_eq!(out.len(), self.encoded_len(), "record buffer size");
         assert!(self.key.len() <= KEY_LEN_MAX_BYTES, "key length checked by the caller");
         let mut at = CRC_BYTES;
@@ -81,7 +85,7 @@ impl RecordSpec<'_> {
         at += self.key.len();
         out[at..at + self.value.len()].copy_from_slice(self.value);
         at += self.value.len();
-        let crc = crc32fast::hash(&out[CRC_BYTES..at]);
+        let crc = crc32fast::hash(&out[CRC_BYTES..at]) ^ crc_key;
         out[..CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
         // Padding is zero, whatever a reused mapping held there before.
         out[at..].fill(0);
@@ -98,17 +102,18 @@ pub struct RecordView<'a> {
     pub tombstone: bool,
     /// Bytes the record occupies, padding included.
     pub len: usize,
-    /// The checksum as stored, and the bytes it covers, so that a record
-    /// decoded unchecked (to compare keys) can be checked later without
-    /// decoding it again.
+    /// The checksum as stored, the bytes it covers and the key of the
+    /// segment it was read from, so that a record decoded unchecked (to
+    /// compare keys) can be checked later without decoding it again.
     pub stored_crc: u32,
     pub covered: &'a [u8],
+    pub crc_key: u32,
 }
 
 impl RecordView<'_> {
     /// True when the stored checksum matches the bytes.
     pub fn checksum_ok(&self) -> bool {
-        crc32fast::hash(self.covered) == self.stored_crc
+        crc32fast::hash(self.covered) ^ self.crc_key == self.stored_crc
     }
 
     /// True when the record has an expiry at or before `now_ms`.
@@ -128,10 +133,11 @@ pub enum DecodeError {
     ChecksumMismatch { stored: u32, computed: u32 },
 }
 
-/// Decodes the record at the start of `buf`, checking its CRC when
-/// `verify` is set. `buf` runs to the end of the readable region, so a
-/// record that would cross it is `Truncated`.
-pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
+/// Decodes the record at the start of `buf`, a segment's bytes whose
+/// checksum key is `crc_key`, checking its CRC when `verify` is set. `buf`
+/// runs to the end of the readable region, so a record that would cross it
+/// is `Truncated`.
+pub fn decode(buf: &[u8], crc_key: u32, verify: bool) -> Result<RecordView<'_>, DecodeError> {
     let stored = u32::from_le_bytes(
         buf.get(..CRC_BYTES).ok_or(DecodeError::Truncated)?.try_into().map_err(|_| DecodeError::Truncated)?,
     );
@@ -154,7 +160,7 @@ pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     if verify {
-        let computed = crc32fast::hash(&buf[CRC_BYTES..body_end]);
+        let computed = crc32fast::hash(&buf[CRC_BYTES..body_end]) ^ crc_key;
         if computed != stored {
             return Err(DecodeError::ChecksumMismatch { stored, computed });
         }
@@ -167,7 +173,18 @@ pub fn decode(buf: &[u8], verify: bool) -> Result<RecordView<'_>, DecodeError> {
         len: align_up(body_end),
         stored_crc: stored,
         covered: &buf[CRC_BYTES..body_end],
+        crc_key,
     })
+}
+
+/// Moves an encoded record (`raw`, whole) from a segment keyed `from` to
+/// one keyed `to` without computing its checksum anew: the stored CRC is
+/// re-keyed, so a record damaged before the copy still fails its check
+/// after it instead of being laundered under a fresh checksum.
+pub fn rekey(raw: &mut [u8], from: u32, to: u32) {
+    let Some(field) = raw.get_mut(..CRC_BYTES) else { return };
+    let stored = u32::from_le_bytes([field[0], field[1], field[2], field[3]]);
+    field.copy_from_slice(&(stored ^ from ^ to).to_le_bytes());
 }
 
 /// Rounds a byte count up to the record alignment.
@@ -216,11 +233,14 @@ fn get_varint(buf: &[u8], at: &mut usize) -> Result<u32, DecodeError> {
 mod tests {
     use super::*;
 
+    /// A segment's checksum key, as `segment::crc_key` makes them.
+    const KEY: u32 = 0x5eed_0f0e;
+
     fn roundtrip(spec: RecordSpec<'_>) {
         let mut buf = vec![0u8; spec.encoded_len()];
-        spec.encode_into(&mut buf);
+        spec.encode_into(&mut buf, KEY);
         assert_eq!(buf.len() % RECORD_ALIGN_BYTES, 0);
-        let view = decode(&buf, true).expect("decodes");
+        let view = decode(&buf, KEY, true).expect("decodes");
         assert_eq!(view.key, spec.key);
         assert_eq!(view.value, spec.value);
         assert_eq!(view.expires_at_ms, spec.expires_at_ms);
@@ -248,19 +268,54 @@ mod tests {
     #[test]
     fn zeroed_bytes_never_decode() {
         let zeros = [0u8; 64];
-        assert!(matches!(decode(&zeros, true), Err(DecodeError::ChecksumMismatch { .. })));
+        assert!(matches!(decode(&zeros, KEY, true), Err(DecodeError::ChecksumMismatch { .. })));
+        assert!(matches!(decode(&zeros, 0, true), Err(DecodeError::ChecksumMismatch { .. })));
+    }
+
+    #[test]
+    fn a_record_passes_only_under_its_own_key() {
+        let spec = RecordSpec { key: b"key", value: b"value", expires_at_ms: None, tombstone: false };
+        let mut buf = vec![0u8; spec.encoded_len()];
+        spec.encode_into(&mut buf, KEY);
+        assert!(decode(&buf, KEY, true).is_ok());
+        for other in [0, KEY ^ 1, KEY ^ 0x8000_0000, !KEY] {
+            assert!(
+                matches!(decode(&buf, other, true), Err(DecodeError::ChecksumMismatch { .. })),
+                "passed under {other:#x}"
+            );
+            // Decoded unchecked (for a key comparison), it is still caught.
+            assert!(!decode(&buf, other, false).expect("lengths decode").checksum_ok());
+        }
+    }
+
+    #[test]
+    fn rekeyed_records_pass_under_the_new_key_and_keep_their_damage() {
+        let spec = RecordSpec { key: b"moved", value: &[5; 40], expires_at_ms: Some(9), tombstone: false };
+        let mut buf = vec![0u8; spec.encoded_len()];
+        spec.encode_into(&mut buf, KEY);
+        let mut direct = vec![0u8; spec.encoded_len()];
+        spec.encode_into(&mut direct, 77);
+        let mut moved = buf.clone();
+        rekey(&mut moved, KEY, 77);
+        assert_eq!(moved, direct, "re-keying equals encoding under the new key");
+        assert!(decode(&moved, 77, true).is_ok());
+        assert!(decode(&moved, KEY, true).is_err());
+        let mut damaged = buf.clone();
+        damaged[20] ^= 4;
+        rekey(&mut damaged, KEY, 77);
+        assert!(decode(&damaged, 77, true).is_err(), "damage survives the move");
     }
 
     #[test]
     fn every_bit_flip_is_detected() {
         let spec = RecordSpec { key: b"key", value: b"value!", expires_at_ms: Some(1234), tombstone: false };
         let mut clean = vec![0u8; spec.encoded_len()];
-        spec.encode_into(&mut clean);
+        spec.encode_into(&mut clean, KEY);
         let body_end = clean.len() - clean.iter().rev().take_while(|&&b| b == 0).count();
         for bit in 0..body_end * 8 {
             let mut bad = clean.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode(&bad, true).is_err(), "flip of bit {bit} went unnoticed");
+            assert!(decode(&bad, KEY, true).is_err(), "flip of bit {bit} went unnoticed");
         }
     }
 
@@ -268,9 +323,9 @@ mod tests {
     fn truncation_is_reported_not_panicked() {
         let spec = RecordSpec { key: b"key", value: &[3; 100], expires_at_ms: None, tombstone: false };
         let mut buf = vec![0u8; spec.encoded_len()];
-        spec.encode_into(&mut buf);
+        spec.encode_into(&mut buf, KEY);
         for cut in 0..buf.len() - 8 {
-            assert!(decode(&buf[..cut], true).is_err());
+            assert!(decode(&buf[..cut], KEY, true).is_err());
         }
     }
 }

@@ -86,7 +86,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         unsynced: Vec::new(),
         inactive_resident_bytes: 0,
         in_memory,
-        spare: None,
+        spares: Vec::new(),
         seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
         pending_seal: Vec::new(),
         doomed: Vec::new(),
@@ -94,6 +94,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         preparing: None,
         unsettled: Vec::new(),
         rolls_waited: 0,
+        recycled: 0,
         prepare_failed_during: None,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
@@ -134,6 +135,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         config,
         poisoned: None,
         compaction: None,
+        compacted_waiting: Vec::new(),
         scratch: Vec::new(),
         counters: Counters::default(),
         sweep: None,
@@ -237,7 +239,7 @@ impl Store {
         let mut tombstone_bytes = 0;
         let cut = loop {
             let seg = self.log.segment(slot).expect("segment being scanned");
-            match scan::next(seg.bytes(), pos, limit, sealed) {
+            match scan::next(seg, pos, limit, sealed) {
                 Step::Record { offset, view } => {
                     found.push(Found {
                         hash: self.index_hash(view.key),

@@ -3,6 +3,7 @@
 //! sweep.
 
 use crate::record::{self, RecordView, HEADER_MIN_BYTES};
+use crate::segment::Segment;
 
 /// What the bytes at a position are.
 #[derive(Debug)]
@@ -13,21 +14,27 @@ pub enum Step<'a> {
     /// damaged record in the middle. Resume at `resume`.
     Corrupt { offset: usize, resume: usize },
     /// No more records. `clean` is false when the end is a torn or damaged
-    /// tail rather than untouched (zeroed) space or the sealed end.
+    /// tail rather than untouched (zeroed) space or the sealed end. In an
+    /// unsealed recycled segment the bytes past the records are the file's
+    /// earlier life, which a torn write cannot be told from: its end is
+    /// taken as clean (the cut is the same either way).
     End { offset: usize, clean: bool },
 }
 
-/// Decodes the step at `pos` of a segment whose records may run to
+/// Decodes the step at `pos` of segment `seg`, whose records may run to
 /// `limit`: the sealed end of a sealed segment (where every byte before it
 /// was once a good record) or the file end of an unsealed one.
-pub fn next(bytes: &[u8], pos: usize, limit: usize, sealed: bool) -> Step<'_> {
+pub fn next(seg: &Segment, pos: usize, limit: usize, sealed: bool) -> Step<'_> {
+    let (bytes, key) = (seg.bytes(), seg.crc_key);
+    let stale_past_end = !sealed && seg.header.recycled;
     let limit = limit.min(bytes.len());
     if pos >= limit || limit - pos < HEADER_MIN_BYTES {
-        let clean = sealed && pos == limit || !sealed && bytes[pos.min(limit)..limit].iter().all(|&b| b == 0);
+        let clean =
+            sealed && pos == limit || stale_past_end || !sealed && bytes[pos.min(limit)..limit].iter().all(|&b| b == 0);
         return Step::End { offset: pos, clean };
     }
     let here = &bytes[pos..limit];
-    if let Ok(view) = record::decode(here, true) {
+    if let Ok(view) = record::decode(here, key, true) {
         return Step::Record { offset: pos, view };
     }
     if !sealed && here.iter().all(|&b| b == 0) {
@@ -36,9 +43,9 @@ pub fn next(bytes: &[u8], pos: usize, limit: usize, sealed: bool) -> Step<'_> {
     // The header may still be right and only the body damaged: if its
     // lengths lead to a good record (or exactly to the sealed end), skip
     // just this one.
-    if let Ok(guess) = record::decode(here, false) {
+    if let Ok(guess) = record::decode(here, key, false) {
         let resume = pos + guess.len;
-        let next_is_good = resume < limit && record::decode(&bytes[resume..limit], true).is_ok();
+        let next_is_good = resume < limit && record::decode(&bytes[resume..limit], key, true).is_ok();
         if next_is_good || (sealed && resume == limit) {
             return Step::Corrupt { offset: pos, resume };
         }
@@ -46,7 +53,7 @@ pub fn next(bytes: &[u8], pos: usize, limit: usize, sealed: bool) -> Step<'_> {
     if sealed {
         Step::Corrupt { offset: pos, resume: limit }
     } else {
-        Step::End { offset: pos, clean: false }
+        Step::End { offset: pos, clean: stale_past_end }
     }
 }
 
@@ -72,12 +79,12 @@ pub enum Walk<'a> {
     End,
 }
 
-/// The step at `pos` of a segment whose records end at `end`.
-pub fn walk(bytes: &[u8], pos: usize, end: usize) -> Walk<'_> {
-    if let Some(Ok(view)) = bytes.get(pos..end).map(|b| record::decode(b, false)) {
+/// The step at `pos` of a segment in use (its records end at `seg.end`).
+pub fn walk(seg: &Segment, pos: usize) -> Walk<'_> {
+    if let Some(Ok(view)) = seg.bytes().get(pos..seg.end).map(|b| record::decode(b, seg.crc_key, false)) {
         return Walk::Record { offset: pos, view };
     }
-    match next(bytes, pos, end, true) {
+    match next(seg, pos, seg.end, true) {
         Step::Corrupt { offset, resume } => Walk::Damaged { offset, resume },
         Step::Record { offset, .. } => Walk::Unreadable { offset },
         Step::End { .. } => Walk::End,

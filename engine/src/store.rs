@@ -221,6 +221,11 @@ pub struct Stats {
     /// Rolls that made their segment on the owning thread, waiting for the
     /// disk (none was ready).
     pub rolls_waited: u64,
+    /// Segments made from a removed segment's file or memory, its pages
+    /// still resident (`Segment::recycle`).
+    pub segments_recycled: u64,
+    /// Removed segments kept to be recycled.
+    pub segments_spare: u64,
     pub index_bytes: u64,
     pub syncs: u64,
     pub compactions: u64,
@@ -252,6 +257,8 @@ impl Stats {
             segment_bytes,
             segments_ready,
             rolls_waited,
+            segments_recycled,
+            segments_spare,
             index_bytes,
             syncs,
             compactions,
@@ -273,6 +280,8 @@ impl Stats {
         self.segment_bytes += segment_bytes;
         self.segments_ready += segments_ready;
         self.rolls_waited += rolls_waited;
+        self.segments_recycled += segments_recycled;
+        self.segments_spare += segments_spare;
         self.index_bytes += index_bytes;
         self.syncs += syncs;
         self.compactions += compactions;
@@ -302,6 +311,9 @@ pub struct Store {
     /// every flush to the caller.
     pub(crate) flushes_planned_by_caller: bool,
     pub(crate) compaction: Option<crate::compaction::Cursor>,
+    /// Victims whose every live record is copied, waiting for a flush to
+    /// make the copies durable before they are removed.
+    pub(crate) compacted_waiting: Vec<crate::compaction::Cursor>,
     /// The expiry sweep's progress through a segment.
     pub(crate) sweep: Option<crate::expiry::Cursor>,
     /// Reused buffer for records copied within the log.
@@ -319,6 +331,10 @@ pub(crate) struct Counters {
     pub syncs: u64,
     pub compactions: u64,
     pub compacted_bytes: u64,
+    /// Bytes of records that writes appended (not compaction's copies),
+    /// and the part of them compaction's pacing has seen.
+    pub written_bytes: u64,
+    pub written_bytes_paced: u64,
     pub expired_reclaimed: u64,
     /// Cells: reads take `&self`.
     pub hits: Cell<u64>,
@@ -529,13 +545,16 @@ impl Store {
     /// poisons the store.
     pub(crate) fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
         let result = self.log.append(spec);
+        if let Ok((_, len)) = result {
+            self.counters.written_bytes += len as u64;
+        }
         self.poison_on_sync_failure(result)
     }
 
     /// Appends an already-encoded record (copies by compaction and
     /// eviction).
-    pub(crate) fn append_raw(&mut self, raw: &[u8], expires_at_ms: Option<u64>) -> Result<Loc> {
-        let result = self.log.append_raw(raw, expires_at_ms);
+    pub(crate) fn append_raw(&mut self, raw: &[u8], crc_key: u32, expires_at_ms: Option<u64>) -> Result<Loc> {
+        let result = self.log.append_raw(raw, crc_key, expires_at_ms);
         self.poison_on_sync_failure(result)
     }
 
@@ -701,6 +720,7 @@ impl Store {
         self.log.unsettled.clear();
         self.index.clear();
         self.compaction = None;
+        self.compacted_waiting.clear();
         self.sweep = None;
         Ok(())
     }
@@ -731,6 +751,8 @@ impl Store {
             poisoned: self.poisoned.is_some(),
             segments_ready: u64::from(self.log.prepared.is_some()),
             rolls_waited: self.log.rolls_waited,
+            segments_recycled: self.log.recycled,
+            segments_spare: self.log.spares.len() as u64,
             ..Stats::default()
         };
         for seg in self.log.segments.iter().flatten() {
@@ -800,6 +822,7 @@ impl Store {
         periodic
             || !self.log.pending_seal.is_empty()
             || !self.log.unsettled.is_empty()
+            || !self.compacted_waiting.is_empty()
             || self.compaction.as_ref().is_some_and(|c| c.awaits_flush())
     }
 
@@ -869,8 +892,10 @@ impl Store {
     /// thread (a file, its preallocation, a header flush and a directory
     /// flush) held it up to 5-20 ms (the shard thread blocked on the disk
     /// in `fsync`, `msync` and ext4's block allocator, `perf sched`).
-    /// `None` until the active segment is half full, while a segment is
-    /// ready or being made, and for memory segments.
+    /// The segment is made from a spare (a compacted segment's file, its
+    /// pages resident) when there is one. `None` until the active segment
+    /// is half full, while a segment is ready or being made, and for memory
+    /// segments.
     pub fn begin_prepare(&mut self) -> Option<PrepareJob> {
         let log = &mut self.log;
         if log.in_memory || self.poisoned.is_some() || log.prepared.is_some() || log.preparing.is_some() {
@@ -884,7 +909,7 @@ impl Store {
         let seq = log.next_seq;
         log.next_seq += 1;
         log.preparing = Some(crate::log::Preparing { slot, seq, stale: false });
-        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2 })
+        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2, spare: log.spares.pop() })
     }
 
     /// Takes a segment made by a [`PrepareJob`]: the next roll uses it.
@@ -894,7 +919,10 @@ impl Store {
         let PreparedSegment { slot, seq, made } = prepared;
         let expected = self.log.preparing.take_if(|p| p.slot == slot && p.seq == seq);
         match (made, expected) {
-            (Ok(seg), Some(p)) if !p.stale => self.log.prepared = Some(seg),
+            (Ok(seg), Some(p)) if !p.stale => {
+                self.log.recycled += u64::from(seg.header.recycled);
+                self.log.prepared = Some(seg);
+            }
             (Ok(seg), _) => {
                 if let Err(err) = self.log.doom(seg) {
                     tracing::warn!(error = %err, "could not discard a segment made too late");
@@ -927,6 +955,7 @@ impl Store {
         if let Some(seg) = self.log.prepared.take() {
             self.log.doom(seg)?;
         }
+        self.log.discard_spare_files();
         for path in self.take_doomed_files() {
             remove_doomed(&path);
         }
@@ -952,14 +981,25 @@ pub struct PrepareJob {
     slot: u32,
     seq: u64,
     size_log2: u8,
+    /// A compacted segment to make it from.
+    spare: Option<crate::segment::Segment>,
 }
 
 impl PrepareJob {
-    /// Creates the segment file, preallocated, its header and directory
-    /// entry durable; blocks on the disk.
+    /// Recycles the spare, or creates the segment file, preallocated; its
+    /// header and directory entry durable. Blocks on the disk.
     pub fn run(self) -> PreparedSegment {
-        let made = crate::segment::Segment::create_new(&self.dir, self.slot, self.seq, self.size_log2);
-        PreparedSegment { slot: self.slot, seq: self.seq, made }
+        use crate::segment::Segment;
+        let Self { dir, slot, seq, size_log2, spare } = self;
+        let made = match spare.map(|spare| spare.recycle(&dir, slot, seq)) {
+            Some(Ok(recycled)) => Ok(recycled),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "could not recycle a removed segment; making a new one");
+                Segment::create_new(&dir, slot, seq, size_log2)
+            }
+            None => Segment::create_new(&dir, slot, seq, size_log2),
+        };
+        PreparedSegment { slot, seq, made }
     }
 }
 

@@ -134,8 +134,9 @@ fn segments_of_tombstones_do_not_compact_into_each_other() {
 }
 
 /// A compacted segment's file is renamed out of the way at once and
-/// deleted later (by whoever takes it, or by `tick`); one left behind by a
-/// crash is deleted at the next open and never read as a segment.
+/// deleted later (by whoever takes it, or by `tick`), but for one kept as
+/// the spare to recycle; one left behind by a crash is deleted at the next
+/// open and never read as a segment.
 #[test]
 fn removed_segment_files_are_deleted_later_or_at_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +157,9 @@ fn removed_segment_files_are_deleted_later_or_at_the_next_open() {
     };
     let pending = store.take_doomed_files();
     assert!(!pending.is_empty(), "compaction removed segments");
-    assert_eq!(doomed(dir.path()), pending.len(), "renamed, not yet deleted");
+    let spare = store.stats().segments_spare as usize;
+    assert_eq!(spare, 1, "one removed segment is kept to be recycled");
+    assert_eq!(doomed(dir.path()), pending.len() + spare, "renamed, not yet deleted");
     // A crash before they are deleted: the next open deletes them.
     drop(store);
     let (store, report) = Store::open(dir.path(), config(&clock)).unwrap();
@@ -164,5 +167,39 @@ fn removed_segment_files_are_deleted_later_or_at_the_next_open() {
     assert!(report.corrupt.is_empty() && report.quarantined.is_empty(), "{report:?}");
     for k in 0..1500u32 {
         assert_eq!(store.get(format!("key{k}").as_bytes()), Some(&3u32.to_le_bytes().repeat(30)[..]));
+    }
+}
+
+/// Compaction keeps pace with writes when each batch pays what it owes
+/// (`compact_owed`, as the server calls it after every batch) and nothing
+/// else runs: the log stays within a small multiple of the live data
+/// however long the overwrites go on. Without it the log only grows.
+#[test]
+fn writes_that_pay_for_their_garbage_keep_the_log_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let config = Config { compaction_garbage_ratio_min: 0.5, ..config(&clock) };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let keys = 2000u32;
+    let value = [9u8; 200];
+    let mut peak_segments = 0;
+    for round in 0..40u32 {
+        for batch in 0..keys / 16 {
+            for k in batch * 16..batch * 16 + 16 {
+                // Scattered overwrites, so that garbage is spread.
+                let k = (k * 7919 + round) % keys;
+                store.set(format!("key{k}").as_bytes(), &value, SetOptions::default()).unwrap();
+            }
+            store.compact_owed().unwrap();
+        }
+        peak_segments = peak_segments.max(store.stats().segments);
+    }
+    let stats = store.stats();
+    let live_segments = stats.live_bytes.div_ceil(64 << 10);
+    assert!(stats.compactions > 50, "{stats:?}");
+    // Garbage at most the live data, plus the victims in progress.
+    assert!(peak_segments <= 2 * live_segments + 4, "peak {peak_segments} segments for {live_segments} live: {stats:?}");
+    for k in 0..keys {
+        assert_eq!(store.get(format!("key{k}").as_bytes()), Some(&value[..]), "key {k}");
     }
 }

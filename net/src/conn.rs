@@ -270,6 +270,9 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             tracing::info!(?peer, "request larger than the frame limit; closing connection");
             close = true;
         }
+        if wrote {
+            shard.pay_compaction();
+        }
         if wrote && !shard.durable().await {
             tracing::error!(?peer, "sync failed; closing without acknowledging writes");
             break;

@@ -167,6 +167,13 @@ pub async fn render(shared: &Shared) -> String {
     family("ringkv_segment_bytes", "gauge", "Bytes of segment files (mapped).", store(&|s| s.segment_bytes));
     family("ringkv_segments_ready", "gauge", "Segments made ahead of need.", store(&|s| s.segments_ready));
     family("ringkv_rolls_waited_total", "counter", "Rolls that waited for the disk.", store(&|s| s.rolls_waited));
+    family(
+        "ringkv_segments_recycled_total",
+        "counter",
+        "Segments made from a compacted or evicted segment's pages.",
+        store(&|s| s.segments_recycled),
+    );
+    family("ringkv_segments_spare", "gauge", "Removed segments kept to be recycled.", store(&|s| s.segments_spare));
     family("ringkv_index_bytes", "gauge", "Bytes of index memory.", store(&|s| s.index_bytes));
     family("ringkv_syncs_total", "counter", "Flushes of the log to disk.", store(&|s| s.syncs));
     family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));

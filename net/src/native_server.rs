@@ -170,7 +170,7 @@ pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
         shared.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
     };
     format!(
-        "shards:{}\nmode:{}\nkeys:{}\nlive_bytes:{}\ndead_bytes:{}\nsegments:{}\nsegment_bytes:{}\nsegments_ready:{}\nrolls_waited:{}\nindex_bytes:{}\nmemory_used_bytes:{}\nmemory_max_bytes:{}\nhits:{}\nmisses:{}\nevicted_keys:{}\nevicted_segments:{}\nsyncs:{}\ncompactions:{}\nexpired_reclaimed:{}\npoisoned:{}\ntotal_commands_processed:{}\nconnected_clients:{}\ntotal_connections_received:{}\ncross_shard_hops:{}\ntotal_net_input_bytes:{}\ntotal_net_output_bytes:{}\nprocess_cpu_ms:{}\nuptime_ms:{}\n",
+        "shards:{}\nmode:{}\nkeys:{}\nlive_bytes:{}\ndead_bytes:{}\nsegments:{}\nsegment_bytes:{}\nsegments_ready:{}\nrolls_waited:{}\nsegments_recycled:{}\nsegments_spare:{}\nindex_bytes:{}\nmemory_used_bytes:{}\nmemory_max_bytes:{}\nhits:{}\nmisses:{}\nevicted_keys:{}\nevicted_segments:{}\nsyncs:{}\ncompactions:{}\nexpired_reclaimed:{}\npoisoned:{}\ntotal_commands_processed:{}\nconnected_clients:{}\ntotal_connections_received:{}\ncross_shard_hops:{}\ntotal_net_input_bytes:{}\ntotal_net_output_bytes:{}\nprocess_cpu_ms:{}\nuptime_ms:{}\n",
         shared.counters.len(),
         match shared.mode {
             engine::Mode::Store => "store",
@@ -183,6 +183,8 @@ pub fn stats_text(shard: &Shard, results: &[OpResult]) -> String {
         sum.segment_bytes,
         sum.segments_ready,
         sum.rolls_waited,
+        sum.segments_recycled,
+        sum.segments_spare,
         sum.index_bytes,
         sum.memory_used_bytes,
         shared.memory_max_bytes,

@@ -1387,12 +1387,14 @@ fn info_text(shard: &Shard, results: &[OpResult], sections: &[String]) -> String
     }
     if want("persistence") {
         out.push_str(&format!(
-            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nsyncs:{}\r\ncompactions:{}\r\ndead_bytes:{}\r\nsegments_ready:{}\r\nrolls_waited:{}\r\n\r\n",
+            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nsyncs:{}\r\ncompactions:{}\r\ndead_bytes:{}\r\nsegments_ready:{}\r\nrolls_waited:{}\r\nsegments_recycled:{}\r\nsegments_spare:{}\r\n\r\n",
             field("syncs"),
             field("compactions"),
             field("dead_bytes"),
             field("segments_ready"),
             field("rolls_waited"),
+            field("segments_recycled"),
+            field("segments_spare"),
         ));
     }
     if want("stats") {

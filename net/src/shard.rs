@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam::channel::{Receiver, Sender};
 use engine::{FsyncPolicy, Store};
@@ -140,6 +141,8 @@ pub struct Shard {
     /// A segment is being made on the blocking pool (`Store::begin_prepare`):
     /// the store is closed only after it arrived.
     pub preparing: Cell<bool>,
+    /// The maintenance loop's flush is running on the blocking pool.
+    flushing: Cell<bool>,
 }
 
 impl Shard {
@@ -159,6 +162,7 @@ impl Shard {
             connections_done: Notify::new(),
             reservations: RefCell::new(crate::txn::Reservations::default()),
             preparing: Cell::new(false),
+            flushing: Cell::new(false),
         }
     }
 
@@ -181,6 +185,15 @@ impl Shard {
 
     pub fn execute(&self, op: &KeyOp) -> OpResult {
         self.with_store(|s| op::execute(s, op))
+    }
+
+    /// Runs the compaction that the writes of a batch owe
+    /// (`Store::compact_owed`), before their replies go: a shard that
+    /// writes fast pays for its garbage as it makes it.
+    pub fn pay_compaction(&self) {
+        if let Err(err) = self.with_store(Store::compact_owed) {
+            tracing::error!(shard = self.id, error = %err, "compaction failed");
+        }
     }
 
     /// Waits until every write applied so far on this shard is durable.
@@ -270,6 +283,9 @@ impl Shard {
             if !rx.is_empty() {
                 wake.notify_one();
             }
+            if wrote {
+                self.pay_compaction();
+            }
             if wrote && !self.durable().await {
                 batch.clear();
                 continue;
@@ -282,29 +298,36 @@ impl Shard {
 
     /// Periodic store work: the flushes the store asks for (`everysec`'s,
     /// and under any policy but `always` those a full or compacted segment
-    /// waits for), compaction steps, index growth.
+    /// waits for), the next segment, compaction, index growth and the
+    /// expiry sweep.
     pub async fn maintenance_loop(self: Rc<Self>) {
-        let mut interval = tokio::time::interval(std::time::Duration::from_millis(10));
+        let mut interval = tokio::time::interval(Duration::from_millis(10));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
             // Flushes run on the blocking pool: the disk can take
             // milliseconds (5-12 ms measured for a second of SETs under
             // `everysec`, 27-43 ms for a full segment under `never`), which
-            // this shard spends serving instead.
-            if self.with_store(|s| s.sync_due()) {
+            // this shard spends serving instead. In a task of their own, so
+            // that compaction goes on meanwhile.
+            if !self.flushing.get() && self.with_store(|s| s.sync_due()) {
                 match self.with_store(Store::begin_sync) {
                     Ok(Some(job)) => {
-                        let done = tokio::task::spawn_blocking(move || {
-                            let outcome = job.run();
-                            (job, outcome)
-                        })
-                        .await;
-                        if let Ok((job, outcome)) = done {
-                            if let Err(err) = self.with_store(|s| s.finish_sync(job, outcome)) {
-                                tracing::error!(shard = self.id, error = %err, "periodic flush failed");
+                        self.flushing.set(true);
+                        let shard = self.clone();
+                        tokio::task::spawn_local(async move {
+                            let done = tokio::task::spawn_blocking(move || {
+                                let outcome = job.run();
+                                (job, outcome)
+                            })
+                            .await;
+                            if let Ok((job, outcome)) = done {
+                                if let Err(err) = shard.with_store(|s| s.finish_sync(job, outcome)) {
+                                    tracing::error!(shard = shard.id, error = %err, "periodic flush failed");
+                                }
                             }
-                        }
+                            shard.flushing.set(false);
+                        });
                     }
                     Ok(None) => {}
                     Err(err) => tracing::error!(shard = self.id, error = %err, "periodic flush not started"),
@@ -333,8 +356,10 @@ impl Shard {
             if !doomed.is_empty() {
                 drop(tokio::task::spawn_blocking(move || doomed.iter().for_each(|p| engine::remove_doomed(p))));
             }
-            // Bounded: at most 16 compaction steps before yielding to the
-            // interval again.
+            // Compaction the writes did not pay for (`Store::compact_owed`
+            // after each batch), such as garbage left when writes stopped,
+            // and the expiry sweep's reclaims. Bounded: at most 16 steps a
+            // tick, requests between them.
             for _ in 0..16 {
                 let more = self.with_store(|s| match s.tick() {
                     Ok(more) => more,
