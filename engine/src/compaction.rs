@@ -59,7 +59,7 @@ impl Store {
     pub fn compact_owed(&mut self) -> Result<()> {
         let written = self.counters.written_bytes - self.counters.written_bytes_paced;
         self.counters.written_bytes_paced = self.counters.written_bytes;
-        if written == 0 || !self.garbage_exceeds_live() {
+        if written == 0 || !self.compaction_wanted() {
             return Ok(());
         }
         let ratio = self.config.compaction_garbage_ratio_min.max(0.1);
@@ -79,8 +79,17 @@ impl Store {
         Ok(())
     }
 
-    /// True when the log holds more garbage than live records.
-    fn garbage_exceeds_live(&self) -> bool {
+    /// Whether compaction should run while writes come in: once the log
+    /// holds more garbage than live records, or three quarters of the
+    /// memory bound are used. Below that, victims are left to gather
+    /// garbage: the older a victim, the more of it is garbage and the less
+    /// compaction copies for each byte it frees.
+    pub(crate) fn compaction_wanted(&self) -> bool {
+        if let Some(limit) = self.config.memory_max_bytes {
+            if self.memory_used_bytes() >= limit / 4 * 3 {
+                return true;
+            }
+        }
         let (mut live, mut used) = (0, 0);
         for seg in self.log.segments.iter().flatten() {
             live += seg.live_bytes;

@@ -335,6 +335,8 @@ pub(crate) struct Counters {
     /// and the part of them compaction's pacing has seen.
     pub written_bytes: u64,
     pub written_bytes_paced: u64,
+    /// `written_bytes` at the last `tick`: none since means idle.
+    pub written_bytes_ticked: u64,
     pub expired_reclaimed: u64,
     /// Cells: reads take `&self`.
     pub hits: Cell<u64>,
@@ -871,7 +873,9 @@ impl Store {
 
     /// Periodic work for the owning thread: the once-a-second sync of
     /// `everysec`, a bounded step of the expiry sweep, a bounded compaction
-    /// step and index growth. Returns true when it did compaction work
+    /// step (when no write came since the last tick, or compaction is
+    /// wanted: `compaction_wanted`) and index growth. Returns true when it
+    /// did compaction work
     /// (call again soon).
     pub fn tick(&mut self) -> Result<bool> {
         // A caller that plans flushes itself owns them all: flushing here
@@ -884,6 +888,13 @@ impl Store {
             remove_doomed(&path);
         }
         self.sweep_step(SWEEP_STEP_BYTES);
+        // While writes come in, compaction waits until it is wanted (and
+        // the writes pay for it, `compact_owed`); idle, it tidies up.
+        let idle = self.counters.written_bytes == self.counters.written_bytes_ticked;
+        self.counters.written_bytes_ticked = self.counters.written_bytes;
+        if !idle && !self.compaction_wanted() {
+            return Ok(false);
+        }
         self.compact_step(COMPACTION_STEP_BYTES)
     }
 

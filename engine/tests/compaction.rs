@@ -198,7 +198,10 @@ fn writes_that_pay_for_their_garbage_keep_the_log_bounded() {
     let live_segments = stats.live_bytes.div_ceil(64 << 10);
     assert!(stats.compactions > 50, "{stats:?}");
     // Garbage at most the live data, plus the victims in progress.
-    assert!(peak_segments <= 2 * live_segments + 4, "peak {peak_segments} segments for {live_segments} live: {stats:?}");
+    assert!(
+        peak_segments <= 2 * live_segments + 4,
+        "peak {peak_segments} segments for {live_segments} live: {stats:?}"
+    );
     for k in 0..keys {
         assert_eq!(store.get(format!("key{k}").as_bytes()), Some(&value[..]), "key {k}");
     }
