@@ -167,7 +167,7 @@ impl Store {
                 Walk::End => break self.finish_victim(cur.clone()),
             };
             let key = &scratch[key];
-            let hash = self.index_hash(key);
+            let hash = self.prefetched_hash(cur.slot, offset, key);
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
             if live && expires_at_ms.is_none_or(|at| at > now) {
@@ -208,13 +208,18 @@ impl Store {
     /// of the next records loading meanwhile, their cache misses overlap.
     /// Measured under redis-benchmark `-t set,get -P 16 -r 1000000`: the
     /// compaction loop went from 22% to 4% of the shard's CPU profile, and
-    /// ops per server CPU-second rose 3–6% (docs/benchmarks.md).
-    pub(crate) fn prefetch_index_of_records(&self, slot: u32, mut pos: usize, count: usize) -> usize {
+    /// ops per server CPU-second rose 3–6% (docs/benchmarks.md). The hashes
+    /// are kept for the walk (`prefetched_hash`), which then hashes no key
+    /// a second time.
+    pub(crate) fn prefetch_index_of_records(&mut self, slot: u32, mut pos: usize, count: usize) -> usize {
+        self.prefetched_hashes.clear();
         let Some(seg) = self.log.segment(slot) else { return pos };
         for _ in 0..count {
             match scan::walk(seg, pos) {
                 Walk::Record { view, .. } => {
-                    self.index.prefetch(self.index_hash(view.key));
+                    let hash = crate::store::index_hash_with(self.index_seed, view.key);
+                    self.index.prefetch(hash);
+                    self.prefetched_hashes.push_back((slot, pos, hash));
                     pos += view.len;
                 }
                 Walk::Damaged { resume, .. } => pos = resume,
@@ -222,6 +227,23 @@ impl Store {
             }
         }
         pos
+    }
+
+    /// The index hash of the key of the record at `offset` of `slot`, as
+    /// `prefetch_index_of_records` computed it (records are walked in
+    /// order), or computed now.
+    pub(crate) fn prefetched_hash(&mut self, slot: u32, offset: usize, key: &[u8]) -> u32 {
+        while let Some(&(s, o, hash)) = self.prefetched_hashes.front() {
+            if s != slot || o > offset {
+                break;
+            }
+            self.prefetched_hashes.pop_front();
+            if o == offset {
+                debug_assert_eq!(hash, self.index_hash(key));
+                return hash;
+            }
+        }
+        self.index_hash(key)
     }
 
     /// Makes the copies durable, then deletes the victim.

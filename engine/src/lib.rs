@@ -34,8 +34,8 @@ pub use histogram::{
 pub use log::LOG_ADDRESS_SPACE_BYTES;
 pub use recovery::{Damage, RecoveryReport};
 pub use store::{
-    key_hash, remove_doomed, segment_size_for_memory, Clock, Condition, Config, Entry, FsyncPolicy, Mode, PrepareJob,
-    PreparedSegment, SetExpiry, SetOptions, SetOutcome, Stats, Store, SyncJob, Ttl, COMPACTION_STEP_BYTES,
+    key_hash, remove_doomed, segment_size_for_memory, Clock, Condition, Config, Entry, FsyncPolicy, KeyHash, Mode,
+    PrepareJob, PreparedSegment, SetExpiry, SetOptions, SetOutcome, Stats, Store, SyncJob, Ttl, COMPACTION_STEP_BYTES,
     MEMORY_BOUND_MIN_SEGMENTS, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
     SWEEP_STEP_BYTES, VALUE_LEN_DEFAULT_MAX_BYTES,
 };

@@ -99,7 +99,7 @@ impl Store {
                 Walk::Unreadable { .. } | Walk::End => break Ok(()),
             };
             pos = offset + len;
-            let hash = self.index_hash(&scratch[key]);
+            let hash = self.prefetched_hash(slot, offset, &scratch[key]);
             let here = self.log.loc(slot, offset);
             let Some(marked) = self.index.mark_at(hash, here) else { continue };
             let expired = expires_at_ms.is_some_and(|at| at <= now);

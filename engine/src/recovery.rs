@@ -137,6 +137,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         compaction: None,
         compacted_waiting: Vec::new(),
         scratch: Vec::new(),
+        prefetched_hashes: std::collections::VecDeque::new(),
         counters: Counters::default(),
         sweep: None,
         _lock: lock,

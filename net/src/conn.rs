@@ -98,6 +98,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut resume = false;
     // Reused for every batch.
     let mut job_buf: Vec<Job<P::Shape>> = Vec::new();
+    let mut hash_buf: Vec<Option<engine::KeyHash>> = Vec::new();
     // The start of the batch under way, if any.
     let mut batch_started: Option<Instant> = None;
     loop {
@@ -155,20 +156,22 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 break;
             }
         }
+        // The index hash of each local one-key job of a batch (`None` for
+        // the others), computed once for the prefetch and the execution.
+        let mut hashes = std::mem::take(&mut hash_buf);
+        hashes.clear();
         if jobs.len() > 1 && shard.runs_directly() {
             shard.with_store(|s| {
+                hashes.extend(jobs.iter().map(|job| match job {
+                    Job::Key(op, _) if shard.shared.shard_of(op.key()) == shard.id => Some(s.hash_of(op.key())),
+                    _ => None,
+                }));
                 for stage in 0..2 {
-                    for job in &jobs {
-                        if let Job::Key(op, _) = job {
-                            if shard.shared.shard_of(op.key()) == shard.id {
-                                s.prefetch(op.key(), stage);
-                            }
-                        }
-                    }
+                    hashes.iter().flatten().for_each(|&h| s.prefetch(h, stage));
                 }
             });
         }
-        for job in jobs.drain(..) {
+        for (i, job) in jobs.drain(..).enumerate() {
             commands += 1;
             match job {
                 Job::Reply(shape) => emit(&mut proto, &shard, &mut pending, &mut out, shape, &[]),
@@ -179,19 +182,25 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                     break;
                 }
                 Job::Key(op, shape) => {
-                    let owner = shard.shared.shard_of(op.key());
+                    let hash = hashes.get(i).copied().flatten();
+                    let owner = if hash.is_some() { shard.id } else { shard.shared.shard_of(op.key()) };
                     if owner == shard.id && shard.runs_directly() {
                         wrote |= op.is_write();
                         if let KeyOp::Get { key } = &op {
                             if pending.is_empty() {
-                                let done =
-                                    shard.with_store(|s| proto.render_borrowed_get(&shape, s.get(key), &mut out));
+                                let done = shard.with_store(|s| {
+                                    let value = match hash {
+                                        Some(h) => s.get_hashed(key, h),
+                                        None => s.get(key),
+                                    };
+                                    proto.render_borrowed_get(&shape, value, &mut out)
+                                });
                                 if done {
                                     continue;
                                 }
                             }
                         }
-                        let result = shard.execute(&op);
+                        let result = shard.with_store(|s| crate::op::execute_hashed(s, &op, hash));
                         emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
                     } else {
                         shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +274,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             }
         }
         job_buf = jobs;
+        hash_buf = hashes;
         shard.counters().commands.fetch_add(commands, Ordering::Relaxed);
         if inbuf.len() > limits.frame_max_bytes + 1024 {
             tracing::info!(?peer, "request larger than the frame limit; closing connection");

@@ -240,8 +240,20 @@ pub fn parse_redis_i64(b: &[u8]) -> Option<i64> {
 
 /// Runs one key operation.
 pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
+    execute_hashed(store, op, None)
+}
+
+/// `execute`, with the key's index hash when the caller has it (GET and
+/// SET then hash nothing).
+pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHash>) -> OpResult {
     let result = match op {
-        KeyOp::Get { key } => return OpResult::Value(store.get(key).map(Bytes::copy_from_slice)),
+        KeyOp::Get { key } => {
+            let value = match hash {
+                Some(hash) => store.get_hashed(key, hash),
+                None => store.get(key),
+            };
+            return OpResult::Value(value.map(Bytes::copy_from_slice));
+        }
         KeyOp::Exists { key } => return OpResult::Existed(store.exists(key)),
         KeyOp::Ttl { key } => return OpResult::Ttl(store.ttl(key)),
         KeyOp::StrLen { key } => return OpResult::Int(store.get(key).map_or(0, |v| v.len() as i64)),
@@ -249,9 +261,14 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
             let value = store.get(key).unwrap_or_default();
             return OpResult::Value(Some(Bytes::copy_from_slice(get_range(value, *start, *end))));
         }
-        KeyOp::Set { key, value, expiry, condition, return_old } => store
-            .set(key, value, SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old })
-            .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) }),
+        KeyOp::Set { key, value, expiry, condition, return_old } => {
+            let opts = SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old };
+            match hash {
+                Some(hash) => store.set_hashed(key, value, opts, hash),
+                None => store.set(key, value, opts),
+            }
+            .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) })
+        }
         KeyOp::Del { key } => store.delete(key).map(OpResult::Existed),
         KeyOp::ExpireAt { key, at_ms, condition: ExpireCondition::Always } => {
             store.expire_at(key, *at_ms).map(OpResult::Existed)
