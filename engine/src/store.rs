@@ -461,8 +461,15 @@ impl Store {
             self.index.prefetch(hash);
         } else if let Some(loc) = self.index.first_candidate(hash) {
             let (slot, offset) = self.log.split(loc);
-            if let Some(byte) = self.log.segment(slot).and_then(|s| s.bytes().get(offset)) {
-                crate::index::prefetch_read(byte);
+            let Some(bytes) = self.log.segment(slot).map(crate::segment::Segment::bytes) else { return };
+            // The record's first line, and the next: a small record
+            // crosses into it three times in four (a 56-byte one at an
+            // 8-byte offset past 8 in its line), and the key comparison
+            // and the checksum read it.
+            for at in [offset, (offset | 63) + 1] {
+                if let Some(byte) = bytes.get(at) {
+                    crate::index::prefetch_read(byte);
+                }
             }
         }
     }
