@@ -7,6 +7,12 @@ from /proc/PID/stat over the measured run, and operations as the server
 itself counted them (STATS / INFO total_commands_processed).
 
 Usage: python3 benches/compare.py [--seconds 10] [--only NAME] [--rounds N] > table.md
+
+`--only together` runs redis-benchmark against Redis and ringkv at the same
+time, both servers on CPU 1 and both loads on CPU 0: the host's noise (which
+moves figures taken minutes apart by +-20% on this shared machine) then
+hits both alike, and the ratio of their ops per CPU-second is steady to a
+few percent (an A/A run of one ringkv build against itself: 1.002-1.008).
 Needs target/release/ringkv (cargo build --release -p ringkv) and
 redis-server, redis-cli, redis-benchmark on PATH.
 """
@@ -101,6 +107,18 @@ def redis_benchmark(server, port, args):
     return {"cpu": cpu, "rps": rps, "raw": out.strip().replace("\n", " | ")}
 
 
+def together(servers, args):
+    """Runs one redis-benchmark against each server at once, all pinned to
+    CPU 0; returns each server's CPU-seconds over the run."""
+    before = [cpu_seconds(s.proc.pid) for s in servers]
+    loads = [subprocess.Popen(["taskset", "-c", "0", "redis-benchmark", "-p", str(s.resp), "-q"] + args,
+                              stdout=subprocess.DEVNULL) for s in servers]
+    for p in loads:
+        if p.wait() != 0:
+            raise SystemExit("redis-benchmark failed")
+    return [cpu_seconds(s.proc.pid) - b for s, b in zip(servers, before)]
+
+
 def rss_bytes(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -149,8 +167,9 @@ def main():
     os.makedirs(work, exist_ok=True)
     base = ["--ratio", "1:10", "--data-size", "32", "--key-maximum", str(a.keys - 1), "--clients", "50"]
     rows = []
-    print("| workload | server | ops/s | ops counted by server | server CPU-s | ops per server CPU-s | p50 ms | p99 ms | p99.9 ms | bench CPU µs/op | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    if a.only != "together":
+        print("| workload | server | ops/s | ops counted by server | server CPU-s | ops per server CPU-s | p50 ms | p99 ms | p99.9 ms | bench CPU µs/op | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     summaries = []
 
     def three_servers(name, extra):
@@ -235,6 +254,30 @@ def main():
                       flush=True)
             finally:
                 s.stop()
+    # redis-benchmark against both servers at once (see the module doc).
+    if a.only == "together":
+        print()
+        print("| redis-benchmark, both servers at once | round | Redis ops per CPU-s | ringkv ops per CPU-s | ringkv / Redis |")
+        print("|---|---|---|---|---|")
+        loads = [("-t set,get -P 16 -c 50 -d 32 -r 1000000", "2000000", 2),
+                 ("-t set,get -P 1 -c 50 -d 32 -r 1000000", "300000", 2),
+                 ("-t set -P 16 -c 50 -d 1024 -r 200000", "1000000", 1)]
+        for args, n, commands in loads:
+            ratios = []
+            for i in range(a.rounds):
+                servers = [Server("redis", [], work), Server("ringkv", ["--shards", "1"], work)]
+                try:
+                    fill = args.replace("-t set,get", "-t set").split()
+                    together(servers, fill + ["-n", "1000000"])
+                    cpu = together(servers, args.split() + ["-n", n])
+                    per = [commands * int(n) / c for c in cpu]
+                    ratios.append(per[1] / per[0])
+                    print(f"| {args} -n {n} | {i + 1} | {per[0]:,.0f} | {per[1]:,.0f} | {ratios[-1]:.2f}x |", flush=True)
+                finally:
+                    for s in servers:
+                        s.stop()
+            print(f"| {args} | median of {a.rounds} | | | **{statistics.median(ratios):.2f}x** |", flush=True)
+        return
     # redis-benchmark cross-check on the RESP port.
     if not a.only or "redis-benchmark" in a.only:
         print()
