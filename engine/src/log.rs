@@ -17,7 +17,8 @@ pub const DOOMED_SUFFIX: &str = ".doomed";
 
 /// Compacted segment files kept to be recycled, at most, and at most one
 /// for every four segments of the log (a log that shrank gives its spares
-/// back). Compaction frees victims in bursts while the log rolls at a
+/// back, and one of fewer than four segments keeps none: a spare would
+/// hold more memory than recycling saves there). Compaction frees victims in bursts while the log rolls at a
 /// steady pace: with one kept, 7 of about 40 rolls found one
 /// (redis-benchmark SETs of 1 KiB values, 200k keys). Each holds its pages
 /// in the page cache and its disk space; under a memory bound they count
@@ -454,7 +455,7 @@ impl Log {
         let doomed = path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
         std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
         let segments = self.segments.iter().flatten().count();
-        let spares_max = (segments / 4).clamp(1, SPARE_FILES_MAX);
+        let spares_max = (segments / 4).min(SPARE_FILES_MAX);
         if seg.can_recycle() {
             seg.path = doomed;
             self.spares.push(seg);

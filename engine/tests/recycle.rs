@@ -6,6 +6,9 @@
 use engine::{Config, FsyncPolicy, SetOptions, Store};
 
 const SEGMENT_BYTES: usize = 64 << 10;
+/// Enough live keys for a log of more than four segments, which keeps
+/// spares.
+const KEYS: u32 = 3000;
 
 fn config() -> Config {
     Config {
@@ -42,18 +45,18 @@ fn files(dir: &std::path::Path, suffix: &str) -> usize {
     std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()
 }
 
-/// Writes keys 0..1000 with value 1 (several segments), overwrites them
+/// Writes keys 0..KEYS with value 1 (several segments), overwrites them
 /// all with value 2, compacts the first segments away (one kept as the
 /// spare), then writes a few records of other keys: with small segments
 /// the log rolls into the recycled file, whose old records of keys
-/// 0..1000 (value 1) then lie right after the new ones.
+/// 0..KEYS (value 1) then lie right after the new ones.
 fn store_with_a_recycled_head(dir: &std::path::Path, plan_elsewhere: bool) -> Store {
     let (mut store, _) = Store::open(dir, config()).unwrap();
     if plan_elsewhere {
         store.plan_flushes_elsewhere();
     }
-    write(&mut store, 0..1000, 1);
-    write(&mut store, 0..1000, 2);
+    write(&mut store, 0..KEYS, 1);
+    write(&mut store, 0..KEYS, 2);
     let mut rounds = 0;
     while store.stats().segments_recycled == 0 {
         rounds += 1;
@@ -77,7 +80,7 @@ fn store_with_a_recycled_head(dir: &std::path::Path, plan_elsewhere: bool) -> St
 }
 
 fn check(store: &Store) {
-    for i in 0..1000 {
+    for i in 0..KEYS {
         assert_eq!(store.get(&key(i)), Some(&[2u8; 100][..]), "key {i}");
     }
 }
