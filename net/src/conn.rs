@@ -8,7 +8,9 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -336,6 +338,34 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     // A batch cut short (a failed write or flush) still counts its time.
     proto.end_batch(&shard, batch_started.map_or(std::time::Duration::ZERO, |s| s.elapsed()));
     let _ = stream.shutdown().await;
+}
+
+/// Cuts a plain GET's key, or a SET's key and value, out of the front of
+/// `buf`, where the request ends at `end` (`key` and `value` are positions
+/// in it): the request's bytes are split off the buffer and trimmed rather
+/// than sliced from a frame, since every slice raises and drops a reference
+/// count (the read buffer's reference counting was 6% of a shard's CPU at
+/// pipeline depth 16).
+pub(crate) fn cut_get_set(buf: &mut BytesMut, end: usize, key: Range<usize>, value: Option<Range<usize>>) -> KeyOp {
+    let mut frame = buf.split_to(end);
+    let value = value.map(|value| {
+        let mut v = frame.split_off(value.start);
+        v.truncate(value.len());
+        v.freeze()
+    });
+    frame.advance(key.start);
+    frame.truncate(key.len());
+    let key = frame.freeze();
+    match value {
+        Some(value) => KeyOp::Set {
+            key,
+            value,
+            expiry: engine::SetExpiry::None,
+            condition: engine::Condition::Always,
+            return_old: false,
+        },
+        None => KeyOp::Get { key },
+    }
 }
 
 /// Renders a reply now, or queues it behind replies still awaited.

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::conn::{Job, Protocol};
 use crate::native::{self, put_bytes, put_error, put_response, RequestBody, Status};
@@ -35,6 +35,17 @@ impl Protocol for Native {
 
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
         let shared = &shard.shared;
+        // The short way for plain GETs and SETs (`native::decode_get_set`).
+        if shared.requirepass.is_none() || self.authenticated {
+            if let Some(native::GetSet { id, set, key, value, end }) = native::decode_get_set(buf, &shared.limits) {
+                if self.first.is_none() && shared.slowlog.enabled() {
+                    let name = Bytes::from_static(if set { b"SET" } else { b"GET" });
+                    self.first = Some(vec![name, Bytes::copy_from_slice(&buf[key.clone()])]);
+                }
+                let op = crate::conn::cut_get_set(buf, end, key, set.then_some(value));
+                return Some(Job::Key(op, Shape::Key { id }));
+            }
+        }
         let request = match native::decode_request(buf, &shared.limits) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
