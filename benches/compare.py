@@ -81,6 +81,32 @@ def ringkv_bench(port, protocol, extra, seconds):
     return doc
 
 
+def ringkv_bench_together(targets, extra, seconds):
+    """Runs one `ringkv bench` against each (server, port, protocol) at once,
+    all pinned to CPU 0, and returns a `measure`-like result for each."""
+    paths, procs, before = [], [], []
+    for server, port, protocol in targets:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
+            paths.append(t.name)
+        before.append(cpu_seconds(server.proc.pid))
+    for (server, port, protocol), path in zip(targets, paths):
+        cmd = ["taskset", "-c", "0", BIN, "bench", "-s", "127.0.0.1", "-p", str(port), "--protocol", protocol,
+               "--threads", "1", "--test-time", str(seconds), "--json-out", path, "--log-level", "warn"] + extra
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit("ringkv bench failed")
+    results = []
+    for (server, _, _), path, b in zip(targets, paths, before):
+        cpu = cpu_seconds(server.proc.pid) - b
+        with open(path) as f:
+            doc = json.load(f)
+        os.unlink(path)
+        ops = doc["server"]["commands"] if doc.get("server") else doc["total_operations"]
+        results.append({"per_cpu": ops / cpu if cpu else 0, "p99": doc["operations"]["total"]["latency_ms"]["p99"]})
+    return results
+
+
 def prefill(port, protocol, keys):
     subprocess.run(["taskset", "-c", "0", BIN, "bench", "-s", "127.0.0.1", "-p", str(port), "--protocol", protocol,
                     "--key-maximum", str(keys - 1), "--prefill", "--requests", "1", "--clients", "1",
@@ -254,8 +280,34 @@ def main():
                       flush=True)
             finally:
                 s.stop()
-    # redis-benchmark against both servers at once (see the module doc).
+    # Everything at once (see the module doc): ringkv bench against Redis,
+    # ringkv's RESP port and its native port (two ringkv processes), then
+    # redis-benchmark against Redis and ringkv.
     if a.only == "together":
+        print("| ringkv bench, three servers at once | round | Redis ops per CPU-s | ringkv RESP | ringkv native | RESP / Redis | native / Redis |")
+        print("|---|---|---|---|---|---|---|")
+        for name, extra in [("no pipelining, 50 conns, 1:10", base + ["--pipeline", "1"]),
+                            ("pipeline 16, 50 conns, 1:10", base + ["--pipeline", "16"])]:
+            ratios = {"resp": [], "native": []}
+            for i in range(a.rounds):
+                servers = [Server("redis", [], work), Server("ringkv", ["--shards", "1"], work),
+                           Server("ringkv", ["--shards", "1"], work)]
+                try:
+                    targets = [(servers[0], servers[0].resp, "resp"), (servers[1], servers[1].resp, "resp"),
+                               (servers[2], servers[2].native, "native")]
+                    for s, port, proto in targets:
+                        prefill(port, proto, a.keys)
+                    r = ringkv_bench_together(targets, extra, a.seconds)
+                    ratios["resp"].append(r[1]["per_cpu"] / r[0]["per_cpu"])
+                    ratios["native"].append(r[2]["per_cpu"] / r[0]["per_cpu"])
+                    print(f"| {name} | {i + 1} | {r[0]['per_cpu']:,.0f} | {r[1]['per_cpu']:,.0f} | "
+                          f"{r[2]['per_cpu']:,.0f} | {ratios['resp'][-1]:.2f}x | {ratios['native'][-1]:.2f}x |",
+                          flush=True)
+                finally:
+                    for s in servers:
+                        s.stop()
+            print(f"| {name} | median of {a.rounds} | | | | **{statistics.median(ratios['resp']):.2f}x** | "
+                  f"**{statistics.median(ratios['native']):.2f}x** |", flush=True)
         print()
         print("| redis-benchmark, both servers at once | round | Redis ops per CPU-s | ringkv ops per CPU-s | ringkv / Redis |")
         print("|---|---|---|---|---|")
