@@ -80,22 +80,35 @@ impl Store {
     }
 
     /// Whether compaction should run while writes come in: once the log
-    /// holds more garbage than live records, or three quarters of the
-    /// memory bound are used. Below that, victims are left to gather
-    /// garbage: the older a victim, the more of it is garbage and the less
-    /// compaction copies for each byte it frees.
+    /// holds more garbage than live records, or once a write would be
+    /// three quarters of the way to the memory bound's refusal (what
+    /// `make_room` counts: memory used, a segment of headroom, the index's
+    /// next growth). Below that, victims are left to gather garbage: the
+    /// older a victim, the more of it is garbage and the less compaction
+    /// copies for each byte it frees.
     pub(crate) fn compaction_wanted(&self) -> bool {
         if let Some(limit) = self.config.memory_max_bytes {
-            if self.memory_used_bytes() >= limit / 4 * 3 {
+            let needed =
+                self.memory_used_bytes() + self.log.segment_size() as u64 + self.index.growth_reserve_bytes() as u64;
+            if needed >= limit / 4 * 3 {
                 return true;
             }
         }
-        let (mut live, mut used) = (0, 0);
-        for seg in self.log.segments.iter().flatten() {
-            live += seg.live_bytes;
-            used += (seg.end - HEADER_BYTES) as u64;
-        }
+        let (live, used) = (self.log.live_bytes_total, self.log.used_bytes_total);
         used - live.min(used) > live
+    }
+
+    /// Removes the victims whose copies a flush has made durable since
+    /// they were copied: the waiting ones, and a cursor that waits because
+    /// the waiting list was full. Runs whether or not compaction is wanted
+    /// (`tick`, `finish_sync`), so that a victim copied while idle does not
+    /// stay, and keep asking for flushes, once writes resume.
+    pub(crate) fn settle_compacted(&mut self) -> Result<()> {
+        self.remove_waiting_victims()?;
+        if let Some(cur) = self.compaction.take_if(|c| c.durable_at.is_some_and(|m| self.log.durable_through(m))) {
+            self.finish_victim(cur)?;
+        }
+        Ok(())
     }
 
     fn pick_victim(&self) -> Option<Cursor> {

@@ -87,6 +87,12 @@ pub struct Log {
     pub rolls_waited: u64,
     /// Segments made from a spare (`Segment::recycle`).
     pub recycled: u64,
+    /// Bytes of records (padding included) in all segments, and of those
+    /// the index points at: kept as they change, so that compaction can
+    /// ask after every batch whether it is wanted without walking every
+    /// segment (`recount_totals` after open).
+    pub used_bytes_total: u64,
+    pub live_bytes_total: u64,
     /// The seq of the active segment when a preparation failed: no other
     /// is tried before the log rolls past it.
     pub prepare_failed_during: Option<u64>,
@@ -201,6 +207,7 @@ impl Log {
         let key = seg.crc_key;
         if let Some(offset) = seg.append_with(len, |buf| write(buf, key)) {
             seg.note_expiry(expires_at_ms);
+            self.used_bytes_total += len as u64;
             return Ok(self.loc(active, offset));
         }
         self.roll()?;
@@ -209,6 +216,7 @@ impl Log {
         let key = seg.crc_key;
         let offset = seg.append_with(len, |buf| write(buf, key)).expect("a record that fits an empty segment");
         seg.note_expiry(expires_at_ms);
+        self.used_bytes_total += len as u64;
         Ok(self.loc(active, offset))
     }
 
@@ -326,17 +334,27 @@ impl Log {
     /// Counts a record's bytes as no longer live.
     pub fn mark_dead(&mut self, loc: Loc, len: usize) {
         let (slot, _) = self.split(loc);
-        if let Some(seg) = self.segment_mut(slot) {
+        if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::as_mut) {
             debug_assert!(seg.live_bytes >= len as u64, "live bytes never go negative");
-            seg.live_bytes = seg.live_bytes.saturating_sub(len as u64);
+            let dead = (len as u64).min(seg.live_bytes);
+            seg.live_bytes -= dead;
+            self.live_bytes_total = self.live_bytes_total.saturating_sub(dead);
         }
     }
 
     pub fn mark_live(&mut self, loc: Loc, len: usize) {
         let (slot, _) = self.split(loc);
-        if let Some(seg) = self.segment_mut(slot) {
+        if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::as_mut) {
             seg.live_bytes += len as u64;
+            self.live_bytes_total += len as u64;
         }
+    }
+
+    /// Counts `used_bytes_total` and `live_bytes_total` from the segments.
+    pub fn recount_totals(&mut self) {
+        let segments = self.segments.iter().flatten();
+        self.used_bytes_total = segments.clone().map(|s| (s.end - segment::HEADER_BYTES) as u64).sum();
+        self.live_bytes_total = segments.map(|s| s.live_bytes).sum();
     }
 
     pub fn needs_sync(&self) -> bool {
@@ -429,6 +447,8 @@ impl Log {
     pub fn remove_segment(&mut self, slot: u32) -> Result<()> {
         assert_ne!(slot, self.active, "the active segment is never removed");
         if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::take) {
+            self.used_bytes_total = self.used_bytes_total.saturating_sub((seg.end - segment::HEADER_BYTES) as u64);
+            self.live_bytes_total = self.live_bytes_total.saturating_sub(seg.live_bytes);
             if seg.is_in_memory() {
                 if self.spares.is_empty() {
                     self.spares.push(seg);

@@ -95,6 +95,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         unsettled: Vec::new(),
         rolls_waited: 0,
         recycled: 0,
+        used_bytes_total: 0,
+        live_bytes_total: 0,
         prepare_failed_during: None,
     };
     for seg in list_segments(dir, &config, floor, &mut report)? {
@@ -159,6 +161,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         // surplus.
         store.index.fit();
     }
+    store.log.recount_totals();
     store.log.roll()?;
     store.sync()?;
     report.duration = started.elapsed();
@@ -260,6 +263,9 @@ impl Store {
                     pos = resume;
                 }
                 Step::End { offset, clean } => {
+                    if clean && !sealed && seg.header.recycled {
+                        tracing::info!(segment = %path.display(), offset, "records end here; the rest of this recycled file is its earlier life");
+                    }
                     if !clean {
                         let stale = seg.bytes()[offset..limit].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
                         tracing::warn!(segment = %path.display(), offset, bytes = stale, "torn tail cut off");

@@ -585,10 +585,15 @@ impl Store {
     /// poisons the store.
     pub(crate) fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
         let result = self.log.append(spec);
-        if let Ok((_, len)) = result {
-            self.counters.written_bytes += len as u64;
-        }
         self.poison_on_sync_failure(result)
+    }
+
+    /// `append` for a client's write: counted for compaction's pacing
+    /// (`compact_owed`), which compaction's own tombstones are not.
+    fn append_written(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
+        let (loc, len) = self.append(spec)?;
+        self.counters.written_bytes += len as u64;
+        Ok((loc, len))
     }
 
     /// Appends an already-encoded record (copies by compaction and
@@ -613,7 +618,7 @@ impl Store {
     /// Appends a live record and points the index at it.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>, hash: u32) -> Result<Loc> {
         let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
-        let (loc, len) = self.append(&spec)?;
+        let (loc, len) = self.append_written(&spec)?;
         self.log.mark_live(loc, len);
         let log = &self.log;
         let mut prev_len = 0;
@@ -654,7 +659,7 @@ impl Store {
         // The tombstone first: if it cannot be written, the key stays as it
         // is in memory too, so memory never disagrees with the log.
         let tombstone = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
-        self.append(&tombstone)?;
+        self.append_written(&tombstone)?;
         self.index.remove(hash, |l| l == loc);
         self.forget(loc);
         Ok(was_live)
@@ -795,6 +800,18 @@ impl Store {
             segments_spare: self.log.spares.len() as u64,
             ..Stats::default()
         };
+        debug_assert_eq!(
+            (self.log.used_bytes_total, self.log.live_bytes_total),
+            {
+                let mut recounted = (0, 0);
+                for seg in self.log.segments.iter().flatten() {
+                    recounted.0 += (seg.end - crate::segment::HEADER_BYTES) as u64;
+                    recounted.1 += seg.live_bytes;
+                }
+                recounted
+            },
+            "running totals of the log"
+        );
         for seg in self.log.segments.iter().flatten() {
             stats.segments += 1;
             stats.segment_bytes += seg.size() as u64;
@@ -906,7 +923,8 @@ impl Store {
             self.log.flushed(&job.targets);
             self.log.unsettled.retain(|seq| !job.settles.contains(seq));
         }
-        self.record_flush(outcome)
+        self.record_flush(outcome)?;
+        self.settle_compacted()
     }
 
     /// Periodic work for the owning thread: the once-a-second sync of
@@ -926,6 +944,7 @@ impl Store {
             remove_doomed(&path);
         }
         self.sweep_step(SWEEP_STEP_BYTES);
+        self.settle_compacted()?;
         // While writes come in, compaction waits until it is wanted (and
         // the writes pay for it, `compact_owed`); idle, it tidies up.
         let idle = self.counters.written_bytes == self.counters.written_bytes_ticked;
@@ -954,11 +973,18 @@ impl Store {
         if active.end < log.segment_size() / 2 || log.prepare_failed_during == Some(active.header.seq) {
             return None;
         }
+        // A recycled segment is resident from the start; near the memory
+        // bound, where that could refuse a write, the next one is new.
+        let segment_bytes = log.segment_size() as u64;
+        let roomy =
+            self.config.memory_max_bytes.is_none_or(|limit| self.memory_used_bytes() + 2 * segment_bytes <= limit);
+        let log = &mut self.log;
         let slot = log.free_slot()?;
         let seq = log.next_seq;
         log.next_seq += 1;
         log.preparing = Some(crate::log::Preparing { slot, seq, stale: false });
-        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2, spare: log.spares.pop() })
+        let spare = if roomy { log.spares.pop() } else { None };
+        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2, spare })
     }
 
     /// Takes a segment made by a [`PrepareJob`]: the next roll uses it.

@@ -305,3 +305,30 @@ proptest! {
         run_cache_model(ops);
     }
 }
+
+/// Store mode under a memory bound, small keys (the index is a large part
+/// of the memory), overwrites paced as the server paces them: compaction
+/// must start before a write would be refused, so no write is, although
+/// the live data is well under the bound.
+#[test]
+fn overwrites_under_a_bound_are_never_refused_while_garbage_can_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let (mut store, _) = Store::open(dir.path(), bounded(Mode::Store, &clock)).unwrap();
+    let keys = 30_000u64;
+    for round in 0..30u64 {
+        for batch in 0..keys / 16 {
+            for i in batch * 16..batch * 16 + 16 {
+                let k = (i * 7919 + round) % keys;
+                store.set(&key(k), &value(k, 8), SetOptions::default()).unwrap_or_else(|e| {
+                    panic!("round {round}: {e}: {:?}", store.stats());
+                });
+            }
+            store.compact_owed().unwrap();
+        }
+        store.tick().unwrap();
+    }
+    let stats = store.stats();
+    assert!(stats.compactions > 0, "{stats:?}");
+    assert!(stats.memory_used_bytes <= BOUND_BYTES, "{stats:?}");
+}

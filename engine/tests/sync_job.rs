@@ -169,6 +169,50 @@ fn a_victim_waits_for_the_flush_of_its_copies_under(
     }
 }
 
+/// A victim copied while compaction ran (an idle tick) is removed by the
+/// flush that makes its copies durable, even once writes have resumed that
+/// leave compaction unwanted (garbage below the live data): it must not
+/// stay, holding its file and asking for a flush every tick.
+#[test]
+fn a_waiting_victim_goes_with_its_flush_while_writes_go_on() {
+    under_each_deferring(a_waiting_victim_goes_with_its_flush_while_writes_go_on_under);
+}
+
+fn a_waiting_victim_goes_with_its_flush_while_writes_go_on_under(
+    fsync: FsyncPolicy,
+    _: &std::path::Path,
+    _: Config,
+    mut store: Store,
+) {
+    for i in 0..1200u32 {
+        store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
+    }
+    for i in (0..1200u32).step_by(2) {
+        store.set(format!("k{i}").as_bytes(), &[2u8; 100], SetOptions::default()).unwrap();
+    }
+    flush(&mut store);
+    flush(&mut store);
+    compact(&mut store);
+    assert_eq!(store.stats().compactions, 0, "copies not yet durable ({fsync:?})");
+    assert!(store.sync_due());
+    // Writes resume: new keys only, no garbage, so compaction is not
+    // wanted and nothing but the flush can remove the victims.
+    for i in 0..300u32 {
+        store.set(format!("new{i}").as_bytes(), &[3u8; 100], SetOptions::default()).unwrap();
+        store.compact_owed().unwrap();
+        assert!(!store.tick().unwrap(), "no compaction while it is not wanted");
+    }
+    flush(&mut store);
+    assert!(store.stats().compactions >= 1, "the flush removed the waiting victims: {:?}", store.stats());
+    // Their removal rides on the next flush; then nothing is due.
+    flush(&mut store);
+    assert!(!store.sync_due(), "no flush asked for once the victims are gone ({fsync:?}): {:?}", store.stats());
+    for i in 0..1200u32 {
+        let want = if i % 2 == 0 { 2u8 } else { 1u8 };
+        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&[want; 100][..]), "k{i}");
+    }
+}
+
 /// A compacted segment's removal is durable only after a directory flush.
 /// Until then it may come back after a crash, so a tombstone that hides
 /// one of its keys must not be dropped by the compaction of a newer
