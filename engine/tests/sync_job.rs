@@ -147,22 +147,32 @@ fn a_victim_waits_for_the_flush_of_its_copies_under(
     _: Config,
     mut store: Store,
 ) {
-    for i in 0..1200u32 {
-        store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
-    }
-    // Half the keys overwritten: the old segments are half garbage, half
-    // live records that compaction must copy.
-    for i in (0..1200u32).step_by(2) {
-        store.set(format!("k{i}").as_bytes(), &[2u8; 100], SetOptions::default()).unwrap();
-    }
-    flush(&mut store);
-    flush(&mut store);
-    compact(&mut store);
-    assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays ({fsync:?})");
-    assert!(store.sync_due(), "the victim waits for a flush ({fsync:?})");
+    copy_a_victim(fsync, &mut store);
     flush(&mut store);
     compact(&mut store);
     assert!(store.stats().compactions >= 1, "{:?}", store.stats());
+    check_copied(&store);
+}
+
+/// Writes `k0`..`k1199`, overwrites half of them (the old segments are
+/// half garbage, half live records that compaction must copy) and
+/// compacts: the victims are copied and wait for the flush of the copies.
+fn copy_a_victim(fsync: FsyncPolicy, store: &mut Store) {
+    for i in 0..1200u32 {
+        store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
+    }
+    for i in (0..1200u32).step_by(2) {
+        store.set(format!("k{i}").as_bytes(), &[2u8; 100], SetOptions::default()).unwrap();
+    }
+    flush(store);
+    flush(store);
+    compact(store);
+    assert_eq!(store.stats().compactions, 0, "copies not yet durable: the victim stays ({fsync:?})");
+    assert!(store.sync_due(), "the victim waits for a flush ({fsync:?})");
+}
+
+/// The keys `copy_a_victim` wrote have their newest values.
+fn check_copied(store: &Store) {
     for i in 0..1200u32 {
         let want = if i % 2 == 0 { 2u8 } else { 1u8 };
         assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&[want; 100][..]), "k{i}");
@@ -184,17 +194,7 @@ fn a_waiting_victim_goes_with_its_flush_while_writes_go_on_under(
     _: Config,
     mut store: Store,
 ) {
-    for i in 0..1200u32 {
-        store.set(format!("k{i}").as_bytes(), &[1u8; 100], SetOptions::default()).unwrap();
-    }
-    for i in (0..1200u32).step_by(2) {
-        store.set(format!("k{i}").as_bytes(), &[2u8; 100], SetOptions::default()).unwrap();
-    }
-    flush(&mut store);
-    flush(&mut store);
-    compact(&mut store);
-    assert_eq!(store.stats().compactions, 0, "copies not yet durable ({fsync:?})");
-    assert!(store.sync_due());
+    copy_a_victim(fsync, &mut store);
     // Writes resume: new keys only, no garbage, so compaction is not
     // wanted and nothing but the flush can remove the victims.
     for i in 0..300u32 {
@@ -207,10 +207,7 @@ fn a_waiting_victim_goes_with_its_flush_while_writes_go_on_under(
     // Their removal rides on the next flush; then nothing is due.
     flush(&mut store);
     assert!(!store.sync_due(), "no flush asked for once the victims are gone ({fsync:?}): {:?}", store.stats());
-    for i in 0..1200u32 {
-        let want = if i % 2 == 0 { 2u8 } else { 1u8 };
-        assert_eq!(store.get(format!("k{i}").as_bytes()), Some(&[want; 100][..]), "k{i}");
-    }
+    check_copied(&store);
 }
 
 /// A compacted segment's removal is durable only after a directory flush.
