@@ -286,12 +286,9 @@ impl Store {
 
     /// Removes the waiting victims whose copies a flush made durable.
     fn remove_waiting_victims(&mut self) -> Result<()> {
-        let log = &self.log;
-        let (ready, waiting): (Vec<Cursor>, Vec<Cursor>) = std::mem::take(&mut self.compacted_waiting)
-            .into_iter()
-            .partition(|c| c.durable_at.is_some_and(|mark| log.durable_through(mark)));
-        self.compacted_waiting = waiting;
-        for cur in ready {
+        let durable = |log: &crate::log::Log, c: &Cursor| c.durable_at.is_some_and(|mark| log.durable_through(mark));
+        while let Some(i) = self.compacted_waiting.iter().position(|c| durable(&self.log, c)) {
+            let cur = self.compacted_waiting.swap_remove(i);
             self.remove_victim(cur)?;
         }
         Ok(())

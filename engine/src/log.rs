@@ -18,8 +18,9 @@ pub const DOOMED_SUFFIX: &str = ".doomed";
 /// Compacted segment files kept to be recycled, at most, and at most one
 /// for every four segments of the log (a log that shrank gives its spares
 /// back, and one of fewer than four segments keeps none: a spare would
-/// hold more memory than recycling saves there). Compaction frees victims in bursts while the log rolls at a
-/// steady pace: with one kept, 7 of about 40 rolls found one
+/// hold more memory than recycling saves there). Compaction frees victims
+/// in bursts while the log rolls at a steady pace: with one kept, 7 of
+/// about 40 rolls found one
 /// (redis-benchmark SETs of 1 KiB values, 200k keys). Each holds its pages
 /// in the page cache and its disk space; under a memory bound they count
 /// as used, and go before a write is refused.
@@ -271,18 +272,13 @@ impl Log {
                 if !self.in_memory {
                     self.rolls_waited += 1;
                 }
-                let fresh = match self.spares.pop().map(|spare| spare.recycle(&self.dir, slot, self.next_seq)) {
-                    Some(Ok(recycled)) => {
-                        self.recycled += 1;
-                        recycled
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(error = %err, "could not recycle a removed segment; making a new one");
-                        Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?
-                    }
-                    None if self.in_memory => Segment::in_memory(slot, self.next_seq, self.size_log2)?,
-                    None => Segment::create(&self.dir, slot, self.next_seq, self.size_log2)?,
+                let spare = self.spares.pop();
+                let fresh = if self.in_memory && spare.is_none() {
+                    Segment::in_memory(slot, self.next_seq, self.size_log2)?
+                } else {
+                    Segment::make(&self.dir, slot, self.next_seq, self.size_log2, spare, false)?
                 };
+                self.recycled += u64::from(fresh.header.recycled);
                 self.next_seq += 1;
                 if let Some(p) = &mut self.preparing {
                     p.stale = true;
@@ -350,11 +346,16 @@ impl Log {
         }
     }
 
-    /// Counts `used_bytes_total` and `live_bytes_total` from the segments.
-    pub fn recount_totals(&mut self) {
+    /// Bytes of records in all segments, and of those the index points
+    /// at, counted segment by segment.
+    pub fn totals(&self) -> (u64, u64) {
         let segments = self.segments.iter().flatten();
-        self.used_bytes_total = segments.clone().map(|s| (s.end - segment::HEADER_BYTES) as u64).sum();
-        self.live_bytes_total = segments.map(|s| s.live_bytes).sum();
+        (segments.clone().map(|s| (s.end - segment::HEADER_BYTES) as u64).sum(), segments.map(|s| s.live_bytes).sum())
+    }
+
+    /// Sets `used_bytes_total` and `live_bytes_total` from the segments.
+    pub fn recount_totals(&mut self) {
+        (self.used_bytes_total, self.live_bytes_total) = self.totals();
     }
 
     pub fn needs_sync(&self) -> bool {

@@ -206,6 +206,31 @@ impl Segment {
         Segment::create_with(dir, slot, seq, size_log2, false)
     }
 
+    /// Makes segment `slot`, `seq` from `spare` (`recycle`) when there is
+    /// one, else as a new file (`create_new` when `exclusive`, else
+    /// `create`); a spare that could not be recycled is logged and deleted,
+    /// and a new file made instead.
+    pub fn make(
+        dir: &Path,
+        slot: u32,
+        seq: u64,
+        size_log2: u8,
+        spare: Option<Segment>,
+        exclusive: bool,
+    ) -> Result<Segment> {
+        if let Some(spare) = spare {
+            match spare.recycle(dir, slot, seq) {
+                Ok(recycled) => return Ok(recycled),
+                Err(err) => tracing::warn!(error = %err, "could not recycle a removed segment; making a new one"),
+            }
+        }
+        if exclusive {
+            Segment::create_new(dir, slot, seq, size_log2)
+        } else {
+            Segment::create(dir, slot, seq, size_log2)
+        }
+    }
+
     /// `create`, for another thread ahead of need: it never replaces a file
     /// (the store may have been closed and opened again meanwhile, and made
     /// that slot's file itself), and a file it made and could not finish is

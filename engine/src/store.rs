@@ -800,18 +800,7 @@ impl Store {
             segments_spare: self.log.spares.len() as u64,
             ..Stats::default()
         };
-        debug_assert_eq!(
-            (self.log.used_bytes_total, self.log.live_bytes_total),
-            {
-                let mut recounted = (0, 0);
-                for seg in self.log.segments.iter().flatten() {
-                    recounted.0 += (seg.end - crate::segment::HEADER_BYTES) as u64;
-                    recounted.1 += seg.live_bytes;
-                }
-                recounted
-            },
-            "running totals of the log"
-        );
+        debug_assert_eq!((self.log.used_bytes_total, self.log.live_bytes_total), self.log.totals(), "running totals");
         for seg in self.log.segments.iter().flatten() {
             stats.segments += 1;
             stats.segment_bytes += seg.size() as u64;
@@ -1064,16 +1053,8 @@ impl PrepareJob {
     /// Recycles the spare, or creates the segment file, preallocated; its
     /// header and directory entry durable. Blocks on the disk.
     pub fn run(self) -> PreparedSegment {
-        use crate::segment::Segment;
         let Self { dir, slot, seq, size_log2, spare } = self;
-        let made = match spare.map(|spare| spare.recycle(&dir, slot, seq)) {
-            Some(Ok(recycled)) => Ok(recycled),
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "could not recycle a removed segment; making a new one");
-                Segment::create_new(&dir, slot, seq, size_log2)
-            }
-            None => Segment::create_new(&dir, slot, seq, size_log2),
-        };
+        let made = crate::segment::Segment::make(&dir, slot, seq, size_log2, spare, true);
         PreparedSegment { slot, seq, made }
     }
 }

@@ -191,10 +191,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         if let KeyOp::Get { key } = &op {
                             if pending.is_empty() {
                                 let done = shard.with_store(|s| {
-                                    let value = match hash {
-                                        Some(h) => s.get_hashed(key, h),
-                                        None => s.get(key),
-                                    };
+                                    let value = s.get_hashed(key, hash.unwrap_or_else(|| s.hash_of(key)));
                                     proto.render_borrowed_get(&shape, value, &mut out)
                                 });
                                 if done {

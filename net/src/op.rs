@@ -248,11 +248,8 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
 pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHash>) -> OpResult {
     let result = match op {
         KeyOp::Get { key } => {
-            let value = match hash {
-                Some(hash) => store.get_hashed(key, hash),
-                None => store.get(key),
-            };
-            return OpResult::Value(value.map(Bytes::copy_from_slice));
+            let hash = hash.unwrap_or_else(|| store.hash_of(key));
+            return OpResult::Value(store.get_hashed(key, hash).map(Bytes::copy_from_slice));
         }
         KeyOp::Exists { key } => return OpResult::Existed(store.exists(key)),
         KeyOp::Ttl { key } => return OpResult::Ttl(store.ttl(key)),
@@ -263,11 +260,10 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
         }
         KeyOp::Set { key, value, expiry, condition, return_old } => {
             let opts = SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old };
-            match hash {
-                Some(hash) => store.set_hashed(key, value, opts, hash),
-                None => store.set(key, value, opts),
-            }
-            .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) })
+            let hash = hash.unwrap_or_else(|| store.hash_of(key));
+            store
+                .set_hashed(key, value, opts, hash)
+                .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) })
         }
         KeyOp::Del { key } => store.delete(key).map(OpResult::Existed),
         KeyOp::ExpireAt { key, at_ms, condition: ExpireCondition::Always } => {
