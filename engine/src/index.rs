@@ -722,8 +722,9 @@ mod sorted_batches {
         assert_eq!(index.len(), entries.len());
     }
 
-    /// Recovery inserts each segment's keys in hash order, after reserving
-    /// room: entries must then sit near their homes. Without the reserve,
+    /// Sorted batches inserted after reserving room (as recovery did
+    /// segment by segment until session 6): entries must then sit near
+    /// their homes. Without the reserve,
     /// the smallest hashes of a batch pile up in the first slots of a small
     /// table and every insert scans the pile.
     #[test]

@@ -24,6 +24,7 @@ pub enum Step<'a> {
 /// Decodes the step at `pos` of segment `seg`, whose records may run to
 /// `limit`: the sealed end of a sealed segment (where every byte before it
 /// was once a good record) or the file end of an unsealed one.
+#[inline]
 pub fn next(seg: &Segment, pos: usize, limit: usize, sealed: bool) -> Step<'_> {
     let (bytes, key) = (seg.bytes(), seg.crc_key);
     let stale_past_end = !sealed && seg.header.recycled;
