@@ -28,7 +28,6 @@ const PREFETCH_WINDOW: usize = 16;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,8 +35,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use engine::{FsyncPolicy, SetOptions, Store};
 use ringkv_benches::{
-    bench_config, copy_dir_files, disk_parent, drain_ticks, fill_value, key, keys_from_env, populate, query_keys,
-    scratch_parent, ScratchDir, SplitMix64, BATCH_OPS, KEY_LEN_BYTES, VALUE_LARGE_BYTES, VALUE_SMALL_BYTES,
+    bench_config, copy_dir_files, disk_parent, drain_ticks, fill_value, key, keys_from_env, populate, populate_map,
+    query_keys, scratch_parent, settle, ScratchDir, SplitMix64, BATCH_OPS, KEY_LEN_BYTES, VALUE_LARGE_BYTES,
+    VALUE_SMALL_BYTES,
 };
 
 /// Queries drawn once and cycled through, 1000 per iteration. 64 Ki keys
@@ -66,14 +66,6 @@ fn next_batch<'a>(pool: &'a [Key], at: &mut usize) -> &'a [Key] {
     slice
 }
 
-/// Lets the index finish any growth in progress, as the shard thread's
-/// ticks would between batches, so reads see the steady-state table.
-fn settle(store: &mut Store, keys: u64) {
-    for _ in 0..keys / 1024 + 16 {
-        store.tick().expect("tick");
-    }
-}
-
 fn get_and_set(c: &mut Criterion) {
     let keys = keys_from_env();
     for value_len in [VALUE_SMALL_BYTES, VALUE_LARGE_BYTES] {
@@ -81,12 +73,8 @@ fn get_and_set(c: &mut Criterion) {
         let (mut store, _) = Store::open(dir.path(), bench_config(FsyncPolicy::Never)).expect("open");
         populate(&mut store, keys, value_len);
         settle(&mut store, keys);
-        let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut map = populate_map(keys, value_len);
         let mut value = vec![0xa5u8; value_len];
-        for i in 0..keys {
-            fill_value(&mut value, i);
-            map.insert(key(i).to_vec(), value.clone());
-        }
         let queries = query_keys(keys, QUERY_POOL_KEYS, 0x9e7);
         // Every query must hit in both, or the comparison is of misses.
         for k in &queries {

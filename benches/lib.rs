@@ -121,6 +121,26 @@ pub fn populate(store: &mut Store, keys: u64, value_len: usize) {
     }
 }
 
+/// The baseline of the get and set benches: `key(0..keys)` with the same
+/// values `populate` writes, in a `HashMap` of owned vectors.
+pub fn populate_map(keys: u64, value_len: usize) -> std::collections::HashMap<Vec<u8>, Vec<u8>> {
+    let mut map = std::collections::HashMap::new();
+    let mut value = vec![0xa5u8; value_len];
+    for i in 0..keys {
+        fill_value(&mut value, i);
+        map.insert(key(i).to_vec(), value.clone());
+    }
+    map
+}
+
+/// Lets the index finish any growth in progress, as the shard thread's
+/// ticks would between batches, so reads see the steady-state table.
+pub fn settle(store: &mut Store, keys: u64) {
+    for _ in 0..keys / 1024 + 16 {
+        store.tick().expect("tick");
+    }
+}
+
 /// Runs `tick` until compaction reports no more work, at most `ticks_max`
 /// times. Returns the number of ticks run.
 pub fn drain_ticks(store: &mut Store, ticks_max: usize) -> usize {

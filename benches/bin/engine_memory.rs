@@ -12,14 +12,12 @@
 //! 32 bytes. Stores live under `RINGKV_BENCH_DIR` (default: the temporary
 //! directory) and are deleted on exit. Each reading is a `name: value` line.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use engine::{FsyncPolicy, Store};
 use ringkv_benches::{
-    bench_config, copy_dir_files, fill_value, key, mib, populate, rss_bytes, scratch_parent, ScratchDir,
-    VALUE_SMALL_BYTES,
+    bench_config, copy_dir_files, mib, populate, populate_map, rss_bytes, scratch_parent, ScratchDir, VALUE_SMALL_BYTES,
 };
 
 /// Ticks run at most while waiting for index growth to finish; each tick
@@ -132,12 +130,7 @@ fn report_rss(stage: &str, keys: u64, start: u64, rss: u64, file: u64, stats: &e
 
 fn hashmap(keys: u64, value_len: usize) -> BoxResult {
     let (rss_start, _) = statm()?;
-    let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let mut value = vec![0xa5u8; value_len];
-    for i in 0..keys {
-        fill_value(&mut value, i);
-        map.insert(key(i).to_vec(), value.clone());
-    }
+    let map = populate_map(keys, value_len);
     let (rss, _) = statm()?;
     println!("keys: {keys}");
     println!("value_len_bytes: {value_len}");

@@ -121,6 +121,16 @@ impl Slots {
         let bytes = (len * std::mem::size_of::<u64>()).max(1);
         // Out of address space is out of memory, as for a `Vec`.
         let mut map = memmap2::MmapMut::map_anon(bytes).expect("map the index's slots");
+        // Huge pages where the kernel has them (`madvise` mode here): a
+        // lookup's slot then rarely misses the TLB as well as the cache.
+        // In-process gets of 32-byte values, 1M keys, interleaved with a
+        // `HashMap` (`engine_interleaved`): 0.671x and 0.676x of it instead
+        // of 0.605x and 0.636x; sets 0.784x-0.791x instead of
+        // 0.723x-0.753x. Through the server at pipeline depth 16 it
+        // measured no difference (0.987x-0.996x, session 5).
+        if let Err(err) = map.advise(memmap2::Advice::HugePage) {
+            tracing::debug!(error = %err, "MADV_HUGEPAGE refused; the index uses small pages");
+        }
         let ptr = std::ptr::NonNull::new(map.as_mut_ptr().cast::<Cell<u64>>()).expect("a mapping is never null");
         Slots { ptr, len, map }
     }
