@@ -1,7 +1,9 @@
 //! RESP commands whose replies cannot be compared with Redis byte for
 //! byte: SCAN over every shard with resumable cursors, MATCH, COUNT and
 //! TYPE; KEYS; INFO commandstats; unknown commands answered (never a hang);
-//! MSETNX followed in the same pipeline by a read of its keys.
+//! MSETNX followed in the same pipeline by a read of its keys; a pipeline
+//! mixing plain GETs and SETs (served from the read buffer) with other
+//! commands, cut at awkward places.
 
 mod common;
 
@@ -123,4 +125,69 @@ fn scan_keys_info_and_unknown_commands() {
     assert_eq!(c.reply(), Reply::Array(Some(vec![bulk("1"), bulk("2"), bulk("3"), bulk("4")])));
     assert_eq!(c.reply(), Reply::Int(0));
     assert_eq!(c.reply(), Reply::Array(Some(vec![Reply::Bulk(None), bulk("1")])));
+}
+
+/// Plain GETs and SETs are served from the read buffer, other requests
+/// split off it (`Protocol::parse_cut`): a pipeline mixing both, over three
+/// shards (so that some cut requests go to another shard), written in
+/// pieces that end in the middle of requests, must answer every request in
+/// order.
+#[test]
+fn mixed_pipeline_cut_mid_request_answers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &["--shards", "3"]);
+    let mut c = Conn::connect(node.resp);
+    let mut wire = bytes::BytesMut::new();
+    let mut expected = Vec::new();
+    let mut command = |args: &[&str], reply: Reply| {
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        net::resp::put_command(&mut wire, &refs);
+        expected.push(reply);
+    };
+    let ok = || Reply::Simple(Bytes::from("OK"));
+    let mut counter = 0;
+    for i in 0..60 {
+        let (k, v, w) = (format!("k{i}"), format!("v{i}"), format!("w{i}"));
+        command(&["SET", &k, &v], ok());
+        command(&["GET", &k], bulk(&v));
+        if i % 5 == 0 {
+            command(&["SET", &k, &w, "EX", "100"], ok());
+            command(&["get", &k], bulk(&w));
+        }
+        if i % 7 == 0 {
+            counter += 1;
+            command(&["INCR", "n"], Reply::Int(counter));
+        }
+        if i % 11 == 0 {
+            command(&["PING"], Reply::Simple(Bytes::from("PONG")));
+        }
+        command(&["GET", &format!("missing{i}")], Reply::Bulk(None));
+        if i % 13 == 0 {
+            let now = if i % 5 == 0 { &w } else { &v };
+            command(&["MGET", &k, "missing"], Reply::Array(Some(vec![bulk(now), Reply::Bulk(None)])));
+        }
+    }
+    // One request as an inline command (telnet's form), at the request
+    // boundary nearest the middle.
+    let inline = b"PING\r\n";
+    let mut rest = bytes::BytesMut::from(&wire[..]);
+    let (mut boundary, mut replies_before) = (0, 0);
+    while boundary < wire.len() / 2 {
+        let before = rest.len();
+        net::resp::parse_command(&mut rest, &net::limits::Limits::default()).unwrap().expect("a whole command");
+        boundary += before - rest.len();
+        replies_before += 1;
+    }
+    let mut stream = wire[..boundary].to_vec();
+    stream.extend_from_slice(inline);
+    stream.extend_from_slice(&wire[boundary..]);
+    expected.insert(replies_before, Reply::Simple(Bytes::from("PONG")));
+    // Written in pieces of 97 bytes: most end in the middle of a request.
+    for piece in stream.chunks(97) {
+        c.send_raw(piece);
+    }
+    for (n, want) in expected.iter().enumerate() {
+        assert_eq!(&c.reply(), want, "reply {n}");
+    }
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Int(61));
 }

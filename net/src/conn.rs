@@ -36,6 +36,60 @@ pub enum Job<S> {
     /// MSETNX: all pairs written, or none (see `txn`). Later requests of
     /// the connection wait until it is decided.
     MSetNx(Vec<(bytes::Bytes, bytes::Bytes)>, S),
+    /// A plain GET or SET whose bytes stay in the read buffer (made by the
+    /// connection loop from `Protocol::parse_cut`, never by `parse`).
+    Cut(CutAt, S),
+}
+
+/// Where a plain GET's key, or a SET's key and value, lie in a request
+/// (`Protocol::parse_cut`): positions from the request's first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub key: Range<usize>,
+    /// `None` for a GET.
+    pub value: Option<Range<usize>>,
+    /// Where the request ends.
+    pub end: usize,
+}
+
+/// A cut request of a batch: its bytes are in `runs[run]` of the batch, or
+/// still at the front of the read buffer when `run` is past the last run.
+/// Positions are from the run's first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutAt {
+    run: usize,
+    key: Range<usize>,
+    value: Option<Range<usize>>,
+}
+
+impl CutAt {
+    fn bytes<'a>(&self, runs: &'a [Bytes], inbuf: &'a [u8]) -> &'a [u8] {
+        runs.get(self.run).map_or(inbuf, |r| &r[..])
+    }
+
+    fn key<'a>(&self, runs: &'a [Bytes], inbuf: &'a [u8]) -> &'a [u8] {
+        &self.bytes(runs, inbuf)[self.key.clone()]
+    }
+
+    /// The request as an operation of its own, for another shard: its bytes
+    /// are shared with the run they are in, or copied from the read buffer.
+    fn to_op(&self, runs: &[Bytes], inbuf: &[u8]) -> KeyOp {
+        let take = |r: &Range<usize>| match runs.get(self.run) {
+            Some(run) => run.slice(r.clone()),
+            None => Bytes::copy_from_slice(&inbuf[r.clone()]),
+        };
+        let key = take(&self.key);
+        match &self.value {
+            None => KeyOp::Get { key },
+            Some(value) => KeyOp::Set {
+                key,
+                value: take(value),
+                expiry: engine::SetExpiry::None,
+                condition: engine::Condition::Always,
+                return_old: false,
+            },
+        }
+    }
 }
 
 /// A protocol: parses requests into jobs and renders their results.
@@ -47,6 +101,15 @@ pub trait Protocol {
     /// A request that can never be valid becomes `ReplyAndClose` with an
     /// error shape, so the error is written after the replies before it.
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Self::Shape>>;
+
+    /// A plain GET or SET (no options) at the front of `buf`, found without
+    /// cutting anything out of it: the bulk of a pipeline, which the
+    /// connection loop then serves from the read buffer itself (splitting
+    /// every request's bytes off the buffer, as `parse` does, raises and
+    /// drops a reference count for each key and value: 6% of a shard's CPU
+    /// at pipeline depth 16). `None` for anything else, an incomplete
+    /// request included: `parse` decides what those are.
+    fn parse_cut(&mut self, buf: &[u8], shard: &Shard) -> Option<(Cut, Self::Shape)>;
 
     /// Renders results (empty for `Reply`).
     fn render(&mut self, shape: &Self::Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut);
@@ -100,6 +163,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut resume = false;
     // Reused for every batch.
     let mut job_buf: Vec<Job<P::Shape>> = Vec::new();
+    let mut run_buf: Vec<Bytes> = Vec::new();
     let mut hash_buf: Vec<Option<engine::KeyHash>> = Vec::new();
     // The start of the batch under way, if any.
     let mut batch_started: Option<Instant> = None;
@@ -145,7 +209,27 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         // Parse the batch first, so that its local keys' cache misses can
         // overlap (prefetch), then execute it in order.
         let mut jobs = std::mem::take(&mut job_buf);
+        // Cut requests' bytes stay at the front of `inbuf` (`cut` of them)
+        // until a request that is not cut needs the front: they are then
+        // split off at once, one run, and the last run leaves the buffer
+        // only once the batch has run.
+        let mut runs = std::mem::take(&mut run_buf);
+        let mut cut = 0;
         while jobs.len() < limits.pipeline_batch_max {
+            if let Some((c, shape)) = proto.parse_cut(&inbuf[cut..], &shard) {
+                let at = |r: Range<usize>| r.start + cut..r.end + cut;
+                jobs.push(Job::Cut(CutAt { run: runs.len(), key: at(c.key), value: c.value.map(at) }, shape));
+                cut += c.end;
+                continue;
+            }
+            if cut == inbuf.len() {
+                resume = false;
+                break;
+            }
+            if cut > 0 {
+                runs.push(inbuf.split_to(cut).freeze());
+                cut = 0;
+            }
             let Some(job) = proto.parse(&mut inbuf, &shard) else {
                 resume = false;
                 break;
@@ -164,8 +248,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         hashes.clear();
         if jobs.len() > 1 && shard.runs_directly() {
             shard.with_store(|s| {
+                let local = |key: &[u8]| (shard.shared.shard_of(key) == shard.id).then(|| s.hash_of(key));
                 hashes.extend(jobs.iter().map(|job| match job {
-                    Job::Key(op, _) if shard.shared.shard_of(op.key()) == shard.id => Some(s.hash_of(op.key())),
+                    Job::Key(op, _) => local(op.key()),
+                    Job::Cut(at, _) => local(at.key(&runs, &inbuf)),
                     _ => None,
                 }));
                 for stage in 0..2 {
@@ -189,22 +275,31 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                     if owner == shard.id && shard.runs_directly() {
                         wrote |= op.is_write();
                         if let KeyOp::Get { key } = &op {
-                            if pending.is_empty() {
-                                let done = shard.with_store(|s| {
-                                    let value = s.get_hashed(key, hash.unwrap_or_else(|| s.hash_of(key)));
-                                    proto.render_borrowed_get(&shape, value, &mut out)
-                                });
-                                if done {
-                                    continue;
-                                }
+                            if borrowed_get(&mut proto, &shard, &pending, &mut out, &shape, key, hash) {
+                                continue;
                             }
                         }
                         let result = shard.with_store(|s| crate::op::execute_hashed(s, &op, hash));
                         emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
                     } else {
-                        shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
-                        let rx = shard.shared.mailboxes[owner].send(Work::Keys(vec![op]));
-                        pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
+                        send_one(&shard, &mut pending, owner, op, shape);
+                    }
+                }
+                Job::Cut(at, shape) => {
+                    let hash = hashes.get(i).copied().flatten();
+                    let bytes = at.bytes(&runs, &inbuf);
+                    let key = &bytes[at.key.clone()];
+                    let owner = if hash.is_some() { shard.id } else { shard.shared.shard_of(key) };
+                    if owner == shard.id && shard.runs_directly() {
+                        let value = at.value.clone().map(|v| &bytes[v]);
+                        wrote |= value.is_some();
+                        if value.is_none() && borrowed_get(&mut proto, &shard, &pending, &mut out, &shape, key, hash) {
+                            continue;
+                        }
+                        let result = shard.with_store(|s| crate::op::execute_get_set(s, key, value, hash));
+                        emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
+                    } else {
+                        send_one(&shard, &mut pending, owner, at.to_op(&runs, &inbuf), shape);
                     }
                 }
                 Job::Keys(ops, shape) => {
@@ -274,6 +369,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         }
         job_buf = jobs;
         hash_buf = hashes;
+        // The last run's bytes are served: they leave the buffer.
+        inbuf.advance(cut);
+        runs.clear();
+        run_buf = runs;
         shard.counters().commands.fetch_add(commands, Ordering::Relaxed);
         if inbuf.len() > limits.frame_max_bytes + 1024 {
             tracing::info!(?peer, "request larger than the frame limit; closing connection");
@@ -343,7 +442,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
 /// than sliced from a frame, since every slice raises and drops a reference
 /// count (the read buffer's reference counting was 6% of a shard's CPU at
 /// pipeline depth 16).
-pub(crate) fn cut_get_set(buf: &mut BytesMut, end: usize, key: Range<usize>, value: Option<Range<usize>>) -> KeyOp {
+pub(crate) fn cut_get_set(buf: &mut BytesMut, cut: Cut) -> KeyOp {
+    let Cut { key, value, end } = cut;
     let mut frame = buf.split_to(end);
     let value = value.map(|value| {
         let mut v = frame.split_off(value.start);
@@ -363,6 +463,32 @@ pub(crate) fn cut_get_set(buf: &mut BytesMut, end: usize, key: Range<usize>, val
         },
         None => KeyOp::Get { key },
     }
+}
+
+/// Serves a local GET straight from the store's mapping, when no reply
+/// waits before it and its shape allows; false when it did not.
+fn borrowed_get<P: Protocol>(
+    proto: &mut P,
+    shard: &Shard,
+    pending: &VecDeque<Pending<P::Shape>>,
+    out: &mut BytesMut,
+    shape: &P::Shape,
+    key: &[u8],
+    hash: Option<engine::KeyHash>,
+) -> bool {
+    pending.is_empty()
+        && shard.with_store(|s| {
+            let value = s.get_hashed(key, hash.unwrap_or_else(|| s.hash_of(key)));
+            proto.render_borrowed_get(shape, value, out)
+        })
+}
+
+/// Sends one key's operation to the shard that owns it; its reply is
+/// awaited in order.
+fn send_one<S>(shard: &Shard, pending: &mut VecDeque<Pending<S>>, owner: usize, op: KeyOp, shape: S) {
+    shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
+    let rx = shard.shared.mailboxes[owner].send(Work::Keys(vec![op]));
+    pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
 }
 
 /// Renders a reply now, or queues it behind replies still awaited.

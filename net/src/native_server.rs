@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::conn::{Job, Protocol};
+use crate::conn::{Cut, Job, Protocol};
 use crate::native::{self, put_bytes, put_error, put_response, RequestBody, Status};
 use crate::op::{KeyOp, OpResult, ShardOp};
 use crate::shard::Shard;
@@ -35,16 +35,8 @@ impl Protocol for Native {
 
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
         let shared = &shard.shared;
-        // The short way for plain GETs and SETs (`native::decode_get_set`).
-        if shared.requirepass.is_none() || self.authenticated {
-            if let Some(native::GetSet { id, set, key, value, end }) = native::decode_get_set(buf, &shared.limits) {
-                if self.first.is_none() && shared.slowlog.enabled() {
-                    let name = Bytes::from_static(if set { b"SET" } else { b"GET" });
-                    self.first = Some(vec![name, Bytes::copy_from_slice(&buf[key.clone()])]);
-                }
-                let op = crate::conn::cut_get_set(buf, end, key, set.then_some(value));
-                return Some(Job::Key(op, Shape::Key { id }));
-            }
+        if let Some((cut, shape)) = self.parse_cut(buf, shard) {
+            return Some(Job::Key(crate::conn::cut_get_set(buf, cut), shape));
         }
         let request = match native::decode_request(buf, &shared.limits) {
             Ok(Some(r)) => r,
@@ -107,6 +99,20 @@ impl Protocol for Native {
             }),
             RequestBody::Ring => Job::Reply(Shape::Ring { id }),
         })
+    }
+
+    /// The short way for plain GETs and SETs (`native::decode_get_set`).
+    fn parse_cut(&mut self, buf: &[u8], shard: &Shard) -> Option<(Cut, Shape)> {
+        let shared = &shard.shared;
+        if shared.requirepass.is_some() && !self.authenticated {
+            return None;
+        }
+        let native::GetSet { id, set, key, value, end } = native::decode_get_set(buf, &shared.limits)?;
+        if self.first.is_none() && shared.slowlog.enabled() {
+            let name = Bytes::from_static(if set { b"SET" } else { b"GET" });
+            self.first = Some(vec![name, Bytes::copy_from_slice(&buf[key.clone()])]);
+        }
+        Some((Cut { key, value: set.then_some(value), end }, Shape::Key { id }))
     }
 
     fn render(&mut self, shape: &Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {

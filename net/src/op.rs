@@ -247,10 +247,7 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
 /// SET then hash nothing).
 pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHash>) -> OpResult {
     let result = match op {
-        KeyOp::Get { key } => {
-            let hash = hash.unwrap_or_else(|| store.hash_of(key));
-            return OpResult::Value(store.get_hashed(key, hash).map(Bytes::copy_from_slice));
-        }
+        KeyOp::Get { key } => return execute_get_set(store, key, None, hash),
         KeyOp::Exists { key } => return OpResult::Existed(store.exists(key)),
         KeyOp::Ttl { key } => return OpResult::Ttl(store.ttl(key)),
         KeyOp::StrLen { key } => return OpResult::Int(store.get(key).map_or(0, |v| v.len() as i64)),
@@ -261,9 +258,7 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
         KeyOp::Set { key, value, expiry, condition, return_old } => {
             let opts = SetOptions { expiry: *expiry, condition: *condition, return_old: *return_old };
             let hash = hash.unwrap_or_else(|| store.hash_of(key));
-            store
-                .set_hashed(key, value, opts, hash)
-                .map(|out| OpResult::Set { written: out.written, old: out.old.map(Bytes::from) })
+            store.set_hashed(key, value, opts, hash).map(set_result)
         }
         KeyOp::Del { key } => store.delete(key).map(OpResult::Existed),
         KeyOp::ExpireAt { key, at_ms, condition: ExpireCondition::Always } => {
@@ -341,6 +336,23 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
 
 fn keep_ttl() -> SetOptions {
     SetOptions { expiry: SetExpiry::Keep, condition: Condition::Always, return_old: false }
+}
+
+/// A plain GET (`value` is `None`) or a SET without options, of bytes
+/// borrowed from a read buffer (`conn`'s cut requests): what
+/// `execute_hashed` does for `KeyOp::Get` and such a `KeyOp::Set`.
+pub fn execute_get_set(store: &mut Store, key: &[u8], value: Option<&[u8]>, hash: Option<engine::KeyHash>) -> OpResult {
+    let hash = hash.unwrap_or_else(|| store.hash_of(key));
+    match value {
+        None => OpResult::Value(store.get_hashed(key, hash).map(Bytes::copy_from_slice)),
+        Some(value) => store
+            .set_hashed(key, value, SetOptions::default(), hash)
+            .map_or_else(|err| OpResult::Error(err.to_string()), set_result),
+    }
+}
+
+fn set_result(out: engine::SetOutcome) -> OpResult {
+    OpResult::Set { written: out.written, old: out.old.map(Bytes::from) }
 }
 
 /// GETRANGE's slice, following Redis 7's `getrangeCommand` step by step.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Buf, Bytes, BytesMut};
 use engine::{Condition, SetExpiry, Ttl};
 
-use crate::conn::{Job, Protocol};
+use crate::conn::{Cut, Job, Protocol};
 use crate::limits::Limits;
 use crate::native_server::{constant_time_eq, stats_text};
 use crate::op::{ExpireCondition, GetExExpiry, KeyOp, OpResult, ShardOp};
@@ -636,6 +636,7 @@ fn wrap(job: Job<Form>, command: Option<usize>, rejected: bool) -> Job<Shape> {
         Job::Shards(op, f) => Job::Shards(op, shape(f)),
         Job::Shard(i, op, f) => Job::Shard(i, op, shape(f)),
         Job::MSetNx(pairs, f) => Job::MSetNx(pairs, shape(f)),
+        Job::Cut(at, f) => Job::Cut(at, shape(f)),
     }
 }
 
@@ -645,10 +646,8 @@ impl Protocol for Resp {
     fn parse(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
         // (A limit below SET's three arguments leaves it to the general
         // way, which refuses it.)
-        if (self.authenticated || shard.shared.requirepass.is_none()) && shard.shared.limits.args_max >= 3 {
-            if let Some(job) = self.parse_fast(buf, shard) {
-                return Some(job);
-            }
+        if let Some((cut, shape)) = self.parse_cut(buf, shard) {
+            return Some(Job::Key(crate::conn::cut_get_set(buf, cut), shape));
         }
         let args = match parse_command(buf, &shard.shared.limits) {
             Ok(Some(args)) => args,
@@ -667,6 +666,28 @@ impl Protocol for Resp {
             self.first = Some(args.clone());
         }
         Some(self.plan(args, shard))
+    }
+
+    /// GET and SET without options the short way (see [`parse_get_set`]):
+    /// the same shape the general way gives them.
+    fn parse_cut(&mut self, buf: &[u8], shard: &Shard) -> Option<(Cut, Shape)> {
+        // (A limit below SET's three arguments leaves it to the general
+        // way, which refuses it.)
+        if !(self.authenticated || shard.shared.requirepass.is_none()) || shard.shared.limits.args_max < 3 {
+            return None;
+        }
+        let GetSet { set, key, value, end } = parse_get_set(buf, shard.shared.limits.frame_max_bytes)?;
+        if self.first.is_none() && shard.shared.slowlog.enabled() {
+            let mut args = vec![Bytes::copy_from_slice(&buf[8..11]), Bytes::copy_from_slice(&buf[key.clone()])];
+            args.extend(set.then(|| Bytes::copy_from_slice(&buf[value.clone()])));
+            self.first = Some(args);
+        }
+        let shape = if set {
+            Shape::new(Form::Set { get: false }, Some(SET), false)
+        } else {
+            Shape::new(Form::Value, Some(GET), false)
+        };
+        Some((Cut { key, value: set.then_some(value), end }, shape))
     }
 
     fn render(&mut self, shape: &Shape, results: &[OpResult], shard: &Shard, out: &mut BytesMut) {
@@ -847,23 +868,6 @@ fn store_error(err: &str) -> String {
 }
 
 impl Resp {
-    /// GET and SET without options the short way (see [`parse_get_set`]):
-    /// the same job the general way plans for them.
-    fn parse_fast(&mut self, buf: &mut BytesMut, shard: &Shard) -> Option<Job<Shape>> {
-        let GetSet { set, key, value, end } = parse_get_set(buf, shard.shared.limits.frame_max_bytes)?;
-        if self.first.is_none() && shard.shared.slowlog.enabled() {
-            let mut args = vec![Bytes::copy_from_slice(&buf[8..11]), Bytes::copy_from_slice(&buf[key.clone()])];
-            args.extend(set.then(|| Bytes::copy_from_slice(&buf[value.clone()])));
-            self.first = Some(args);
-        }
-        let op = crate::conn::cut_get_set(buf, end, key, set.then_some(value));
-        Some(if set {
-            Job::Key(op, Shape::new(Form::Set { get: false }, Some(SET), false))
-        } else {
-            Job::Key(op, Shape::new(Form::Value, Some(GET), false))
-        })
-    }
-
     fn plan(&mut self, args: Vec<Bytes>, shard: &Shard) -> Job<Shape> {
         // Lower-cased on the stack: every command pays this.
         let mut lower = [0u8; 24];

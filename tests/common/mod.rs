@@ -161,6 +161,11 @@ impl RespConn {
         self.stream.write_all(&out).expect("send");
     }
 
+    /// Writes bytes as they are, in one write.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
     pub fn reply(&mut self) -> Reply {
         loop {
             if let Some(r) = net::resp::parse_reply(&mut self.buf, &Limits::default()).expect("valid reply") {
