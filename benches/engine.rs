@@ -5,7 +5,10 @@
 //!
 //! Memory per key and the 10M-key restart figures come from the
 //! `engine_memory` binary instead (`benches/bin/engine_memory.rs`), because
-//! they are one-shot readings rather than timings.
+//! they are one-shot readings rather than timings. `engine_interleaved`
+//! (`benches/bin/engine_interleaved.rs`) runs this file's get and set loops
+//! against the `HashMap` one batch of each at a time, for a ratio that the
+//! host's swings in memory speed do not move.
 //!
 //! Knobs (environment):
 //! - `RINGKV_BENCH_SHORT=1`: 10 000 keys instead of 1 000 000, for smoke runs;
