@@ -127,7 +127,10 @@ impl Slots {
         // `HashMap` (`engine_interleaved`): 0.671x and 0.676x of it instead
         // of 0.605x and 0.636x; sets 0.784x-0.791x instead of
         // 0.723x-0.753x. Through the server at pipeline depth 16 it
-        // measured no difference (0.987x-0.996x, session 5).
+        // measured no difference (0.987x-0.996x, session 5). The cost: the
+        // first touch of a huge page zeroes 2 MiB at once (a growth step's
+        // table is touched as its migration goes), and with memory
+        // fragmented the kernel may compact before it can give one.
         if let Err(err) = map.advise(memmap2::Advice::HugePage) {
             tracing::debug!(error = %err, "MADV_HUGEPAGE refused; the index uses small pages");
         }

@@ -71,13 +71,10 @@ impl CutAt {
         &self.bytes(runs, inbuf)[self.key.clone()]
     }
 
-    /// The request as an operation of its own, for another shard: its bytes
-    /// are shared with the run they are in, or copied from the read buffer.
-    fn to_op(&self, runs: &[Bytes], inbuf: &[u8]) -> KeyOp {
-        let take = |r: &Range<usize>| match runs.get(self.run) {
-            Some(run) => run.slice(r.clone()),
-            None => Bytes::copy_from_slice(&inbuf[r.clone()]),
-        };
+    /// The request as an operation of its own, for another shard, its bytes
+    /// shared with its run (which must have left the read buffer).
+    fn to_op(&self, runs: &[Bytes]) -> KeyOp {
+        let take = |r: &Range<usize>| runs[self.run].slice(r.clone());
         let key = take(&self.key);
         match &self.value {
             None => KeyOp::Get { key },
@@ -287,10 +284,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 }
                 Job::Cut(at, shape) => {
                     let hash = hashes.get(i).copied().flatten();
-                    let bytes = at.bytes(&runs, &inbuf);
-                    let key = &bytes[at.key.clone()];
-                    let owner = if hash.is_some() { shard.id } else { shard.shared.shard_of(key) };
+                    let owner = if hash.is_some() { shard.id } else { shard.shared.shard_of(at.key(&runs, &inbuf)) };
                     if owner == shard.id && shard.runs_directly() {
+                        let bytes = at.bytes(&runs, &inbuf);
+                        let key = &bytes[at.key.clone()];
                         let value = at.value.clone().map(|v| &bytes[v]);
                         wrote |= value.is_some();
                         if value.is_none() && borrowed_get(&mut proto, &shard, &pending, &mut out, &shape, key, hash) {
@@ -299,7 +296,15 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         let result = shard.with_store(|s| crate::op::execute_get_set(s, key, value, hash));
                         emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
                     } else {
-                        send_one(&shard, &mut pending, owner, at.to_op(&runs, &inbuf), shape);
+                        if at.run == runs.len() {
+                            // The last run leaves the buffer now, so that
+                            // the request's bytes are shared with the other
+                            // shard rather than copied; the cut requests
+                            // after it find their bytes in the run.
+                            runs.push(inbuf.split_to(cut).freeze());
+                            cut = 0;
+                        }
+                        send_one(&shard, &mut pending, owner, at.to_op(&runs), shape);
                     }
                 }
                 Job::Keys(ops, shape) => {
