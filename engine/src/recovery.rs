@@ -188,8 +188,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
 const BUCKET_BITS: u32 = 8;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 /// Bits a bucket's counting passes sort by, two of them covering bits 1
-/// to 24 (the 23 below the bucket's, and one of the bucket's own) (the lowest bit of a hash is not hash: the
-/// index keeps its mark there, `Found` its live flag).
+/// to 24: the 23 below the bucket's, and one of its own. Bit 0 is not
+/// hash: the index keeps its mark there, `Found` its live flag.
 const PASS_BITS: u32 = 12;
 /// A bucket smaller than this is sorted by comparison: two counting passes
 /// over 4096 counters would cost more than its records.

@@ -75,17 +75,7 @@ impl CutAt {
     /// shared with its run (which must have left the read buffer).
     fn to_op(&self, runs: &[Bytes]) -> KeyOp {
         let take = |r: &Range<usize>| runs[self.run].slice(r.clone());
-        let key = take(&self.key);
-        match &self.value {
-            None => KeyOp::Get { key },
-            Some(value) => KeyOp::Set {
-                key,
-                value: take(value),
-                expiry: engine::SetExpiry::None,
-                condition: engine::Condition::Always,
-                return_old: false,
-            },
-        }
+        KeyOp::get_or_set(take(&self.key), self.value.as_ref().map(take))
     }
 }
 
@@ -457,17 +447,7 @@ pub(crate) fn cut_get_set(buf: &mut BytesMut, cut: Cut) -> KeyOp {
     });
     frame.advance(key.start);
     frame.truncate(key.len());
-    let key = frame.freeze();
-    match value {
-        Some(value) => KeyOp::Set {
-            key,
-            value,
-            expiry: engine::SetExpiry::None,
-            condition: engine::Condition::Always,
-            return_old: false,
-        },
-        None => KeyOp::Get { key },
-    }
+    KeyOp::get_or_set(frame.freeze(), value)
 }
 
 /// Serves a local GET straight from the store's mapping, when no reply

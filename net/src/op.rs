@@ -135,6 +135,16 @@ impl ExpireCondition {
 }
 
 impl KeyOp {
+    /// A plain GET (`value` is `None`) or a SET without options.
+    pub fn get_or_set(key: Bytes, value: Option<Bytes>) -> KeyOp {
+        match value {
+            None => KeyOp::Get { key },
+            Some(value) => {
+                KeyOp::Set { key, value, expiry: SetExpiry::None, condition: Condition::Always, return_old: false }
+            }
+        }
+    }
+
     pub fn key(&self) -> &Bytes {
         match self {
             KeyOp::Get { key }
