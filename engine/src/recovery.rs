@@ -167,6 +167,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         store.apply_sorted(found);
     }
     store.log.recount_totals();
+    store.log.segments.iter().flatten().for_each(Segment::advise_random);
     store.log.roll()?;
     store.sync()?;
     report.duration = started.elapsed();

@@ -260,6 +260,7 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
+        advise_random(&map, &path);
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
@@ -387,6 +388,15 @@ impl Segment {
         Ok(Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor))
     }
 
+    /// Tells the kernel that the mapping is read and written at random
+    /// from now on (`MADV_RANDOM`): recovery's scan, done, was the one
+    /// sequential reader. See `advise_random`.
+    pub fn advise_random(&self) {
+        if self.file.is_some() {
+            advise_random(&self.map, &self.path);
+        }
+    }
+
     pub fn is_in_memory(&self) -> bool {
         self.file.is_none()
     }
@@ -474,6 +484,22 @@ impl Segment {
         if header {
             self.header_dirty = false;
         }
+    }
+}
+
+/// `MADV_RANDOM` on a segment file's mapping: a fault on a page not in
+/// the page cache then reads that page only. Without it the kernel reads
+/// ahead around the fault (`read_ahead_kb`, 8 MiB on this project's disk)
+/// into large folios, zero-filled past the records, and every append that
+/// lands in one dirties the whole folio: each group commit then wrote 2.1
+/// MB on average (up to 4 MiB) instead of the 4-8 KiB it had changed, and
+/// acknowledged writes fell from 145k/s to 75k-84k/s once the appends
+/// reached the folios read ahead (docs/benchmarks.md, session 7). Random
+/// reads by key gain too: a read that misses the page cache reads a page,
+/// not 8 MiB. A failure only loses the hint.
+fn advise_random(map: &MmapMut, path: &Path) {
+    if let Err(err) = map.advise(memmap2::Advice::Random) {
+        tracing::warn!(segment = %path.display(), error = %err, "madvise(MADV_RANDOM) failed");
     }
 }
 
