@@ -468,12 +468,19 @@ impl Segment {
         self.synced_to < self.end || self.header_dirty
     }
 
-    /// What a flush on another thread needs: a duplicate of the file
-    /// descriptor, the end of the records and whether the header is dirty
-    /// now. `None` for a memory segment or one with nothing to flush.
+    /// What a flush on another thread needs: the file opened anew, the
+    /// end of the records and whether the header is dirty now. `None` for
+    /// a memory segment or one with nothing to flush.
+    ///
+    /// A file of its own, not a duplicate descriptor: the kernel reports a
+    /// writeback error once to each open file, so flushes that run at once
+    /// through one open file could see it reported to one of them only,
+    /// and another return success for pages that never reached the disk.
+    /// Each open file sees every error that happens after it was opened
+    /// (or that nobody saw yet).
     pub fn flush_target(&self) -> Option<std::io::Result<(File, usize, bool)>> {
-        let file = self.file.as_ref().filter(|_| self.needs_sync())?;
-        Some(file.try_clone().map(|f| (f, self.end, self.header_dirty)))
+        self.file.as_ref().filter(|_| self.needs_sync())?;
+        Some(File::open(&self.path).map(|f| (f, self.end, self.header_dirty)))
     }
 
     /// Notes a flush done elsewhere: bytes below `end` are durable, and the

@@ -899,7 +899,7 @@ impl Store {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        let targets = self.log.flush_targets().map_err(Error::io("duplicate a segment descriptor"))?;
+        let targets = self.log.flush_targets().map_err(Error::io("open a segment to flush"))?;
         let settles = self.log.unsettled.clone();
         let dir = (!settles.is_empty()).then(|| self.log.dir.clone());
         Ok((!targets.is_empty() || dir.is_some()).then_some(SyncJob { targets, dir, settles }))
