@@ -68,6 +68,9 @@ pub struct Log {
     /// (`everysec`), instead of flushing it inline when the log rolls: the
     /// roll then costs the owning thread no disk wait.
     pub seal_after_flush: bool,
+    /// Segment mappings are advised `MADV_RANDOM` (`always`: see
+    /// `segment::advise_random`).
+    pub random_access: bool,
     /// Full segments waiting for that flush, then for their seal.
     pub pending_seal: Vec<u32>,
     /// Removed segment files, renamed out of the way and not yet deleted:
@@ -276,7 +279,7 @@ impl Log {
                 let fresh = if self.in_memory && spare.is_none() {
                     Segment::in_memory(slot, self.next_seq, self.size_log2)?
                 } else {
-                    Segment::make(&self.dir, slot, self.next_seq, self.size_log2, spare, false)?
+                    Segment::make(&self.dir, slot, self.next_seq, self.size_log2, spare, false, self.random_access)?
                 };
                 self.recycled += u64::from(fresh.header.recycled);
                 self.next_seq += 1;

@@ -91,6 +91,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         in_memory,
         spares: Vec::new(),
         seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
+        random_access: config.fsync == crate::FsyncPolicy::Always && !in_memory,
         pending_seal: Vec::new(),
         doomed: Vec::new(),
         prepared: None,
@@ -167,7 +168,9 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         store.apply_sorted(found);
     }
     store.log.recount_totals();
-    store.log.segments.iter().flatten().for_each(Segment::advise_random);
+    if store.log.random_access {
+        store.log.segments.iter().flatten().for_each(Segment::advise_random);
+    }
     store.log.roll()?;
     store.sync()?;
     report.duration = started.elapsed();

@@ -202,8 +202,10 @@ pub struct Segment {
 impl Segment {
     /// Creates and preallocates a new segment file, header written and
     /// durable, its directory entry durable too.
-    pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8) -> Result<Segment> {
-        Segment::create_with(dir, slot, seq, size_log2, false)
+    /// Its mapping is advised `MADV_RANDOM` when `random` (see
+    /// `advise_random`).
+    pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8, random: bool) -> Result<Segment> {
+        Segment::create_with(dir, slot, seq, size_log2, false, random)
     }
 
     /// Makes segment `slot`, `seq` from `spare` (`recycle`) when there is
@@ -217,6 +219,7 @@ impl Segment {
         size_log2: u8,
         spare: Option<Segment>,
         exclusive: bool,
+        random: bool,
     ) -> Result<Segment> {
         if let Some(spare) = spare {
             match spare.recycle(dir, slot, seq) {
@@ -225,9 +228,9 @@ impl Segment {
             }
         }
         if exclusive {
-            Segment::create_new(dir, slot, seq, size_log2)
+            Segment::create_new(dir, slot, seq, size_log2, random)
         } else {
-            Segment::create(dir, slot, seq, size_log2)
+            Segment::create(dir, slot, seq, size_log2, random)
         }
     }
 
@@ -235,8 +238,8 @@ impl Segment {
     /// (the store may have been closed and opened again meanwhile, and made
     /// that slot's file itself), and a file it made and could not finish is
     /// deleted.
-    pub fn create_new(dir: &Path, slot: u32, seq: u64, size_log2: u8) -> Result<Segment> {
-        let made = Segment::create_with(dir, slot, seq, size_log2, true);
+    pub fn create_new(dir: &Path, slot: u32, seq: u64, size_log2: u8, random: bool) -> Result<Segment> {
+        let made = Segment::create_with(dir, slot, seq, size_log2, true, random);
         if let Err(err) = &made {
             if !matches!(err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) {
                 let _ = std::fs::remove_file(dir.join(file_name(slot)));
@@ -245,7 +248,7 @@ impl Segment {
         made
     }
 
-    fn create_with(dir: &Path, slot: u32, seq: u64, size_log2: u8, exclusive: bool) -> Result<Segment> {
+    fn create_with(dir: &Path, slot: u32, seq: u64, size_log2: u8, exclusive: bool, random: bool) -> Result<Segment> {
         let path = dir.join(file_name(slot));
         let size = 1u64 << size_log2;
         let mut options = OpenOptions::new();
@@ -260,7 +263,9 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
-        advise_random(&map, &path);
+        if random {
+            advise_random(&map, &path);
+        }
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
@@ -494,16 +499,19 @@ impl Segment {
     }
 }
 
-/// `MADV_RANDOM` on a segment file's mapping: a fault on a page not in
-/// the page cache then reads that page only. Without it the kernel reads
-/// ahead around the fault (`read_ahead_kb`, 8 MiB on this project's disk)
-/// into large folios, zero-filled past the records, and every append that
-/// lands in one dirties the whole folio: each group commit then wrote 2.1
-/// MB on average (up to 4 MiB) instead of the 4-8 KiB it had changed, and
-/// acknowledged writes fell from 145k/s to 75k-84k/s once the appends
-/// reached the folios read ahead (docs/benchmarks.md, session 7). Random
-/// reads by key gain too: a read that misses the page cache reads a page,
-/// not 8 MiB. A failure only loses the hint.
+/// `MADV_RANDOM` on a segment file's mapping, for stores that flush every
+/// write (`always`): a fault on a page not in the page cache then reads
+/// that page only. Without it the kernel reads ahead around the fault
+/// (`read_ahead_kb`, 8 MiB on this project's disk) into large folios,
+/// zero-filled past the records, and every append that lands in one
+/// dirties the whole folio: each group commit then wrote 2.1 MB on average
+/// (up to 4 MiB) instead of the 4-8 KiB it had changed, and acknowledged
+/// writes fell from 145k/s to 75k-84k/s once the appends reached the
+/// folios read ahead (docs/benchmarks.md, session 7). Stores that flush
+/// rarely are better off without it: the folios read ahead take appends
+/// with a fault (and a `page_mkwrite`) a folio instead of a page, and
+/// in-process sets ran 15-20% slower with the hint. A failure only loses
+/// the hint.
 fn advise_random(map: &MmapMut, path: &Path) {
     if let Err(err) = map.advise(memmap2::Advice::Random) {
         tracing::warn!(segment = %path.display(), error = %err, "madvise(MADV_RANDOM) failed");

@@ -973,7 +973,7 @@ impl Store {
         log.next_seq += 1;
         log.preparing = Some(crate::log::Preparing { slot, seq, stale: false });
         let spare = if roomy { log.spares.pop() } else { None };
-        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2, spare })
+        Some(PrepareJob { dir: log.dir.clone(), slot, seq, size_log2: log.size_log2, spare, random: log.random_access })
     }
 
     /// Takes a segment made by a [`PrepareJob`]: the next roll uses it.
@@ -1047,14 +1047,15 @@ pub struct PrepareJob {
     size_log2: u8,
     /// A compacted segment to make it from.
     spare: Option<crate::segment::Segment>,
+    random: bool,
 }
 
 impl PrepareJob {
     /// Recycles the spare, or creates the segment file, preallocated; its
     /// header and directory entry durable. Blocks on the disk.
     pub fn run(self) -> PreparedSegment {
-        let Self { dir, slot, seq, size_log2, spare } = self;
-        let made = crate::segment::Segment::make(&dir, slot, seq, size_log2, spare, true);
+        let Self { dir, slot, seq, size_log2, spare, random } = self;
+        let made = crate::segment::Segment::make(&dir, slot, seq, size_log2, spare, true, random);
         PreparedSegment { slot, seq, made }
     }
 }
