@@ -480,7 +480,9 @@ impl Log {
         std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
         let segments = self.segments.iter().flatten().count();
         let spares_max = (segments / 4).min(SPARE_FILES_MAX);
-        if seg.can_recycle() {
+        // Under `always` a segment opened at startup may hold large folios
+        // that every flush would write back whole (`segment::advise_random`).
+        if seg.can_recycle() && !(self.random_access && seg.opened_at_start) {
             seg.path = doomed;
             self.spares.push(seg);
         } else {

@@ -185,6 +185,10 @@ pub struct Segment {
     pub synced_to: usize,
     /// Damage was found in it after recovery: never compacted or deleted.
     pub damaged: bool,
+    /// Opened at startup: its pages may sit in large folios that the scan
+    /// (or a fault before `advise_random`) read ahead, which a store that
+    /// flushes every write must not append into (see `advise_random`).
+    pub opened_at_start: bool,
     /// The header changed (sealed) since the last sync.
     header_dirty: bool,
     /// No record here expires before this (Unix ms); `u64::MAX` when none
@@ -295,6 +299,7 @@ impl Segment {
             synced_to: end,
             header_dirty: false,
             damaged: false,
+            opened_at_start: false,
             expiry_min_ms: u64::MAX,
             sweep_after_ms: 0,
             tombstone_bytes: 0,
@@ -329,7 +334,9 @@ impl Segment {
         if end < HEADER_BYTES || end as u64 > len {
             return Err(Error::BadSegment { path: path.into(), problem: format!("sealed end {end} out of range") });
         }
-        Ok(Segment::over(header, path.into(), map, Some(file), end, 0))
+        let mut seg = Segment::over(header, path.into(), map, Some(file), end, 0);
+        seg.opened_at_start = true;
+        Ok(seg)
     }
 
     /// A new segment in anonymous memory (cache mode): nothing reaches disk.
@@ -506,12 +513,14 @@ impl Segment {
 /// zero-filled past the records, and every append that lands in one
 /// dirties the whole folio: each group commit then wrote 2.1 MB on average
 /// (up to 4 MiB) instead of the 4-8 KiB it had changed, and acknowledged
-/// writes fell from 145k/s to 75k-84k/s once the appends reached the
-/// folios read ahead (docs/benchmarks.md, session 7). Stores that flush
-/// rarely are better off without it: the folios read ahead take appends
-/// with a fault (and a `page_mkwrite`) a folio instead of a page, and
-/// in-process sets ran 15-20% slower with the hint. A failure only loses
-/// the hint.
+/// writes fell from about 147k/s over 5 seconds to 107k/s over 8 and
+/// 81k-84k/s over 15, as the appends reached the folios read ahead
+/// (docs/benchmarks.md, session 7). The hint does not split folios already
+/// cached: segments opened at startup are not recycled under `always`
+/// (`Log::doom`). Stores that flush rarely are better off without it: the
+/// folios read ahead take appends with a fault (and a `page_mkwrite`) a
+/// folio instead of a page, and in-process sets ran 9-21% slower with the
+/// hint. A failure only loses the hint.
 fn advise_random(map: &MmapMut, path: &Path) {
     if let Err(err) = map.advise(memmap2::Advice::Random) {
         tracing::warn!(segment = %path.display(), error = %err, "madvise(MADV_RANDOM) failed");

@@ -880,7 +880,7 @@ impl Store {
     /// flushes a full segment inline when it rolls over: 64 MiB of dirty
     /// pages took 27-43 ms of `msync` (strace), a stall for every request
     /// of the shard. `always` keeps its inline flushes: its group commit
-    /// leaves at most one batch unsynced.
+    /// leaves at most the writes of the flushes in flight unsynced.
     pub fn plan_flushes_elsewhere(&mut self) {
         self.flushes_planned_by_caller = true;
         if self.config.fsync == FsyncPolicy::Never && !self.log.in_memory {
@@ -908,7 +908,7 @@ impl Store {
     /// Records how a `SyncJob` went. A failed flush poisons the store, as
     /// an inline `sync` does.
     pub fn finish_sync(&mut self, job: SyncJob, outcome: std::io::Result<std::time::Duration>) -> Result<()> {
-        if outcome.is_ok() {
+        if outcome.is_ok() && self.poisoned.is_none() {
             self.log.flushed(&job.targets);
             self.log.unsettled.retain(|seq| !job.settles.contains(seq));
         }

@@ -230,20 +230,24 @@ impl Shard {
     /// writes that arrive while one is on disk start the next instead of
     /// waiting for it to land. An `fdatasync` also waits for the pages an
     /// earlier one is still writing, and each flush opens its file anew
-    /// (`Segment::flush_target`) so that it sees every write error, so a
-    /// flush that succeeds covers every write applied before it started.
-    /// Acknowledgements are still released in the order the flushes
-    /// started, and none after a failure.
+    /// (`Segment::flush_target`), so it sees the write errors raised after
+    /// its open or not yet reported to anyone. An error already reported to
+    /// an earlier flush it may miss: what makes acknowledgements safe is
+    /// that they are released in the order the flushes started, and none
+    /// after a failure (a flush publishes only once the one before it has
+    /// succeeded).
     ///
     /// Measured with 50 clients of SETs, server and load on a core each,
     /// in alternating 8-second runs (docs/benchmarks.md, session 7):
     /// acknowledged writes/s with one flush in flight 82k-166k, with three
-    /// 136k-170k, three ahead in 5 of 5 pairs; two and four were within
-    /// the noise of three.
+    /// 136k-170k, three ahead in 5 of 5 pairs. In a sweep before the
+    /// `MADV_RANDOM` change, two and four were within the noise of three.
     pub async fn sync_loop(self: Rc<Self>) {
         /// Bounds the wait for more writes before a flush starts.
         const GROUP_COMMIT_YIELDS_MAX: usize = 16;
         const FLUSHES_IN_FLIGHT_MAX: usize = 3;
+        /// Wait before planning a flush again after one could not start.
+        const FLUSH_RETRY_DELAY: Duration = Duration::from_millis(10);
         let in_flight = Rc::new(Cell::new(0usize));
         let landed = Rc::new(Notify::new());
         // Resolves when the flush started last has published its outcome.
@@ -258,7 +262,8 @@ impl Shard {
             // with 50 clients of SETs, server on one core: 45-47 writes a
             // flush instead of 35-37 after a single yield, 78k-84k
             // acknowledged writes/s instead of 71k-80k; with three flushes
-            // in flight, no yield did worse too (131k-133k against 146k).
+            // in flight, no yield did worse too (132k-133k against
+            // 146k-151k).
             for _ in 0..GROUP_COMMIT_YIELDS_MAX {
                 let before = self.write_seq.get();
                 tokio::task::yield_now().await;
@@ -275,9 +280,19 @@ impl Shard {
             let target = self.write_seq.get();
             let job = match self.with_store(Store::begin_sync) {
                 Ok(job) => job,
-                Err(_) => {
+                Err(err @ engine::Error::Poisoned { .. }) => {
+                    tracing::error!(shard = self.id, error = %err, "group commit stopped");
                     self.fail_syncs();
                     return;
+                }
+                // Nothing was flushed (a segment file could not be opened:
+                // out of descriptors, say): the writes wait and the flush
+                // is tried again.
+                Err(err) => {
+                    tracing::warn!(shard = self.id, error = %err, "flush not started; retrying");
+                    tokio::time::sleep(FLUSH_RETRY_DELAY).await;
+                    self.dirty.notify_one();
+                    continue;
                 }
             };
             in_flight.set(in_flight.get() + 1);
