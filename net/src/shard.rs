@@ -324,7 +324,8 @@ impl Shard {
     }
 
     /// Runs a flush on the blocking pool and records its outcome in the
-    /// store; false when it failed (the store is then poisoned).
+    /// store; false when it failed (the store is then poisoned). The group
+    /// commit's flushes and the maintenance loop's both go through it.
     async fn flush(&self, job: engine::SyncJob) -> bool {
         let ran = tokio::task::spawn_blocking(move || {
             let outcome = job.run();
@@ -395,15 +396,8 @@ impl Shard {
                         self.flushing.set(true);
                         let shard = self.clone();
                         tokio::task::spawn_local(async move {
-                            let done = tokio::task::spawn_blocking(move || {
-                                let outcome = job.run();
-                                (job, outcome)
-                            })
-                            .await;
-                            if let Ok((job, outcome)) = done {
-                                if let Err(err) = shard.with_store(|s| s.finish_sync(job, outcome)) {
-                                    tracing::error!(shard = shard.id, error = %err, "periodic flush failed");
-                                }
+                            if !shard.flush(job).await {
+                                tracing::error!(shard = shard.id, "periodic flush failed");
                             }
                             shard.flushing.set(false);
                         });
