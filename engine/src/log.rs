@@ -68,8 +68,8 @@ pub struct Log {
     /// (`everysec`), instead of flushing it inline when the log rolls: the
     /// roll then costs the owning thread no disk wait.
     pub seal_after_flush: bool,
-    /// Segment mappings are advised `MADV_RANDOM` (`always`: see
-    /// `segment::advise_random`).
+    /// Segment mappings are advised `MADV_RANDOM` (`always`), not
+    /// `MADV_HUGEPAGE`: see `segment::advise`.
     pub random_access: bool,
     /// Full segments waiting for that flush, then for their seal.
     pub pending_seal: Vec<u32>,
@@ -481,7 +481,7 @@ impl Log {
         let segments = self.segments.iter().flatten().count();
         let spares_max = (segments / 4).min(SPARE_FILES_MAX);
         // Under `always` a segment opened at startup may hold large folios
-        // that every flush would write back whole (`segment::advise_random`).
+        // that every flush would write back whole (`segment::advise`).
         if seg.can_recycle() && !(self.random_access && seg.opened_at_start) {
             seg.path = doomed;
             self.spares.push(seg);

@@ -168,9 +168,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         store.apply_sorted(found);
     }
     store.log.recount_totals();
-    if store.log.random_access {
-        store.log.segments.iter().flatten().for_each(Segment::advise_random);
-    }
+    let random = store.log.random_access;
+    store.log.segments.iter().flatten().for_each(|segment| segment.advise(random));
     store.log.roll()?;
     store.sync()?;
     report.duration = started.elapsed();

@@ -186,8 +186,8 @@ pub struct Segment {
     /// Damage was found in it after recovery: never compacted or deleted.
     pub damaged: bool,
     /// Opened at startup: its pages may sit in large folios that the scan
-    /// (or a fault before `advise_random`) read ahead, which a store that
-    /// flushes every write must not append into (see `advise_random`).
+    /// (or a fault before `advise`) read ahead, which a store that
+    /// flushes every write must not append into (see `advise`).
     pub opened_at_start: bool,
     /// The header changed (sealed) since the last sync.
     header_dirty: bool,
@@ -206,8 +206,8 @@ pub struct Segment {
 impl Segment {
     /// Creates and preallocates a new segment file, header written and
     /// durable, its directory entry durable too.
-    /// Its mapping is advised `MADV_RANDOM` when `random` (see
-    /// `advise_random`).
+    /// Its mapping is advised for a store that flushes every write when
+    /// `random`, else for one that flushes rarely (see `advise`).
     pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8, random: bool) -> Result<Segment> {
         Segment::create_with(dir, slot, seq, size_log2, false, random)
     }
@@ -267,9 +267,7 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
-        if random {
-            advise_random(&map, &path);
-        }
+        advise(&map, &path, random);
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
@@ -400,12 +398,12 @@ impl Segment {
         Ok(Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor))
     }
 
-    /// Tells the kernel that the mapping is read and written at random
-    /// from now on (`MADV_RANDOM`): recovery's scan, done, was the one
-    /// sequential reader. See `advise_random`.
-    pub fn advise_random(&self) {
+    /// Advises the mapping for a store that flushes every write (`random`)
+    /// or rarely, once recovery's scan, the one sequential reader, is done.
+    /// See `advise`.
+    pub fn advise(&self, random: bool) {
         if self.file.is_some() {
-            advise_random(&self.map, &self.path);
+            advise(&self.map, &self.path, random);
         }
     }
 
@@ -506,24 +504,33 @@ impl Segment {
     }
 }
 
-/// `MADV_RANDOM` on a segment file's mapping, for stores that flush every
-/// write (`always`): a fault on a page not in the page cache then reads
-/// that page only. Without it the kernel reads ahead around the fault
-/// (`read_ahead_kb`, 8 MiB on this project's disk) into large folios,
-/// zero-filled past the records, and every append that lands in one
-/// dirties the whole folio: each group commit then wrote 2.1 MB on average
-/// (up to 4 MiB) instead of the 4-8 KiB it had changed, and acknowledged
-/// writes fell from about 147k/s over 5 seconds to 107k/s over 8 and
-/// 81k-84k/s over 15, as the appends reached the folios read ahead
-/// (docs/benchmarks.md, session 7). The hint does not split folios already
-/// cached: segments opened at startup are not recycled under `always`
-/// (`Log::doom`). Stores that flush rarely are better off without it: the
-/// folios read ahead take appends with a fault (and a `page_mkwrite`) a
-/// folio instead of a page, and in-process sets ran 9-21% slower with the
-/// hint. A failure only loses the hint.
-fn advise_random(map: &MmapMut, path: &Path) {
-    if let Err(err) = map.advise(memmap2::Advice::Random) {
-        tracing::warn!(segment = %path.display(), error = %err, "madvise(MADV_RANDOM) failed");
+/// Advice on a segment file's mapping, by how often the store flushes.
+///
+/// `random` (`always`): `MADV_RANDOM`, so that a fault on a page not in the
+/// page cache reads that page only. Without it the kernel reads ahead
+/// around the fault (`read_ahead_kb`, 8 MiB on this project's disk) into
+/// large folios, zero-filled past the records, and every append that lands
+/// in one dirties the whole folio: each group commit then wrote 2.1 MB on
+/// average (up to 4 MiB) instead of the 4-8 KiB it had changed, and
+/// acknowledged writes fell from about 147k/s over 5 seconds to 107k/s
+/// over 8 and 81k-84k/s over 15, as the appends reached the folios read
+/// ahead (docs/benchmarks.md, session 7). The hint does not split folios
+/// already cached: segments opened at startup are not recycled under
+/// `always` (`Log::doom`).
+///
+/// Otherwise `MADV_HUGEPAGE`: a fault then brings in a 2 MiB folio that the
+/// kernel maps with one page-table entry, so appends fault once per 2 MiB
+/// and reads of a large log miss the TLB far less. Measured in-process
+/// (`engine_interleaved`, session 8): gets 7% faster at 1 KiB and 2-4% at
+/// 32 B; sets unchanged. Stores that flush rarely write each folio back a
+/// few times at most. (`MADV_RANDOM` there made in-process sets 9-21%
+/// slower: appends faulted once a page.)
+///
+/// A failure only loses the hint.
+fn advise(map: &MmapMut, path: &Path, random: bool) {
+    let advice = if random { memmap2::Advice::Random } else { memmap2::Advice::HugePage };
+    if let Err(err) = map.advise(advice) {
+        tracing::warn!(segment = %path.display(), error = %err, ?advice, "madvise failed");
     }
 }
 
