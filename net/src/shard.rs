@@ -7,9 +7,12 @@
 //! the policy is `always`, then answers every envelope.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use crossbeam::channel::{Receiver, Sender};
@@ -120,14 +123,63 @@ impl Shared {
     }
 }
 
-/// Raises the durable sequence to `to` unless it is higher already (or
-/// `u64::MAX`: failed); true when it changed.
-fn raise(synced: &mut u64, to: u64) -> bool {
-    let raised = *synced < to;
-    if raised {
-        *synced = to;
+/// The acknowledgements a shard owes under `always`: each connection's
+/// batch of writes waits for the flush that covers its sequence number,
+/// and a flush wakes only the batches it covers. (A watch channel woke
+/// every waiting batch at every flush; with flushes in flight most went
+/// back to sleep, each poll of a connection for nothing. Measured in
+/// alternating 8-second runs of 50 clients of SETs, session 8: 210k-212k
+/// acknowledged writes per server CPU-s against 194k-205k.)
+#[derive(Debug, Default)]
+struct Acks {
+    /// Highest write sequence known durable; `u64::MAX` once a flush
+    /// failed (nothing more is acknowledged).
+    synced: Cell<u64>,
+    /// Waiting batches, ascending by sequence: sequences are handed out in
+    /// order and each batch starts waiting as it gets one.
+    waiting: RefCell<VecDeque<(u64, Waker)>>,
+}
+
+impl Acks {
+    /// Resolves once write `seq` is durable (true) or a flush failed.
+    fn wait(&self, seq: u64) -> impl Future<Output = bool> + '_ {
+        std::future::poll_fn(move |cx| {
+            let synced = self.synced.get();
+            if synced >= seq {
+                return Poll::Ready(synced != u64::MAX);
+            }
+            let mut waiting = self.waiting.borrow_mut();
+            match waiting.binary_search_by_key(&seq, |&(s, _)| s) {
+                Ok(at) => waiting[at].1.clone_from(cx.waker()),
+                Err(at) => {
+                    debug_assert_eq!(at, waiting.len(), "batches wait in the order of their sequences");
+                    waiting.insert(at, (seq, cx.waker().clone()));
+                }
+            }
+            Poll::Pending
+        })
     }
-    raised
+
+    /// Every write up to `to` is durable: wakes the batches it covers.
+    fn raise(&self, to: u64) {
+        if self.synced.get() >= to {
+            return;
+        }
+        self.synced.set(to);
+        let mut waiting = self.waiting.borrow_mut();
+        while waiting.front().is_some_and(|&(seq, _)| seq <= to) {
+            if let Some((_, waker)) = waiting.pop_front() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// A flush failed: every batch waiting, and every later one, is told so.
+    fn fail(&self) {
+        self.synced.set(u64::MAX);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        waiting.into_iter().for_each(|(_, waker)| waker.wake());
+    }
 }
 
 /// One shard's state, owned by its thread.
@@ -138,8 +190,7 @@ pub struct Shard {
     pub store: RefCell<Option<Store>>,
     /// Writes applied so far (a sequence number per batch).
     write_seq: Cell<u64>,
-    /// Highest write sequence known durable; `u64::MAX` never.
-    synced: watch::Sender<u64>,
+    acks: Acks,
     dirty: Notify,
     /// A failed sync: nothing more is acknowledged.
     pub failed: Cell<bool>,
@@ -165,7 +216,7 @@ impl Shard {
             shared,
             store: RefCell::new(Some(store)),
             write_seq: Cell::new(0),
-            synced: watch::Sender::new(0),
+            acks: Acks::default(),
             dirty: Notify::new(),
             failed: Cell::new(false),
             connections: Cell::new(0),
@@ -216,12 +267,7 @@ impl Shard {
         let mine = self.write_seq.get() + 1;
         self.write_seq.set(mine);
         self.dirty.notify_one();
-        let mut rx = self.synced.subscribe();
-        let durable = match rx.wait_for(|&s| s >= mine).await {
-            Ok(seen) => *seen != u64::MAX,
-            Err(_) => false,
-        };
-        durable
+        self.acks.wait(mine).await
     }
 
     /// The group-commit loop: one flush for all the writes gathered while
@@ -317,7 +363,7 @@ impl Shard {
                     let _ = publish.send(false);
                     return;
                 }
-                shard.synced.send_if_modified(|s| raise(s, target));
+                shard.acks.raise(target);
                 let _ = publish.send(true);
             });
         }
@@ -344,7 +390,7 @@ impl Shard {
     /// A flush failed: nothing more is acknowledged.
     fn fail_syncs(&self) {
         self.failed.set(true);
-        self.synced.send_replace(u64::MAX);
+        self.acks.fail();
     }
 
     /// Serves other shards' envelopes.
@@ -447,5 +493,69 @@ impl Shard {
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Acks;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(f: std::pin::Pin<&mut impl Future<Output = bool>>, count: &Arc<Count>) -> Poll<bool> {
+        let waker = Waker::from(count.clone());
+        f.poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_flush_wakes_only_the_batches_it_covers() {
+        let acks = Acks::default();
+        let counts: Vec<Arc<Count>> = (0..3).map(|_| Arc::default()).collect();
+        let mut waits: Vec<_> = (1..=3).map(|seq| Box::pin(acks.wait(seq))).collect();
+        for (w, c) in waits.iter_mut().zip(&counts) {
+            assert_eq!(poll(w.as_mut(), c), Poll::Pending);
+        }
+        acks.raise(2);
+        let woken: Vec<usize> = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect();
+        assert_eq!(woken, [1, 1, 0]);
+        assert_eq!(poll(waits[0].as_mut(), &counts[0]), Poll::Ready(true));
+        assert_eq!(poll(waits[1].as_mut(), &counts[1]), Poll::Ready(true));
+        // Polled again before its flush: still waiting, woken once by it.
+        assert_eq!(poll(waits[2].as_mut(), &counts[2]), Poll::Pending);
+        acks.raise(1);
+        assert_eq!(counts[2].0.load(Ordering::SeqCst), 0, "a lower sequence changes nothing");
+        acks.raise(3);
+        assert_eq!(counts[2].0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(waits[2].as_mut(), &counts[2]), Poll::Ready(true));
+        assert!(acks.waiting.borrow().is_empty());
+        // Already durable: resolves at once.
+        let mut done = Box::pin(acks.wait(3));
+        assert_eq!(poll(done.as_mut(), &counts[0]), Poll::Ready(true));
+    }
+
+    #[test]
+    fn a_failed_flush_answers_every_waiting_and_later_batch_with_false() {
+        let acks = Acks::default();
+        let count = Arc::new(Count::default());
+        let mut waiting = Box::pin(acks.wait(1));
+        assert_eq!(poll(waiting.as_mut(), &count), Poll::Pending);
+        acks.fail();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(waiting.as_mut(), &count), Poll::Ready(false));
+        // A later flush cannot undo the failure.
+        acks.raise(10);
+        let mut later = Box::pin(acks.wait(2));
+        assert_eq!(poll(later.as_mut(), &count), Poll::Ready(false));
     }
 }
