@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::index::Loc;
 use crate::record::{self, RecordSpec, RecordView, RECORD_ALIGN_BYTES};
-use crate::segment::{self, Segment};
+use crate::segment::{self, Paging, Segment};
 
 /// The suffix of removed segment files awaiting deletion.
 pub const DOOMED_SUFFIX: &str = ".doomed";
@@ -68,9 +68,14 @@ pub struct Log {
     /// (`everysec`), instead of flushing it inline when the log rolls: the
     /// roll then costs the owning thread no disk wait.
     pub seal_after_flush: bool,
-    /// Segment mappings are advised `MADV_RANDOM` (`always`), not
-    /// `MADV_HUGEPAGE`: see `segment::advise`.
+    /// Segment mappings are advised `MADV_RANDOM` (`always`): see
+    /// `segment::Paging`.
     pub random_access: bool,
+    /// New segments may be advised `MADV_HUGEPAGE` (files, not `always`,
+    /// segments of `HUGE_SEGMENT_MIN_BYTES` or more)...
+    pub huge_pages: bool,
+    /// ...and are, while writes come fast (`Store::tick` decides).
+    pub huge_wanted: bool,
     /// Full segments waiting for that flush, then for their seal.
     pub pending_seal: Vec<u32>,
     /// Removed segment files, renamed out of the way and not yet deleted:
@@ -268,6 +273,11 @@ impl Log {
     /// may not have (which recovery would take for damage). One flush per
     /// segment is cheap at any fsync policy.
     pub fn roll(&mut self) -> Result<()> {
+        if self.prepared.as_ref().is_some_and(|ready| !self.may_take(ready)) {
+            // Made while writes came fast; they no longer do.
+            let ready = self.prepared.take().expect("checked");
+            self.doom(ready)?;
+        }
         let fresh = match self.prepared.take() {
             Some(ready) => ready,
             None => {
@@ -275,11 +285,11 @@ impl Log {
                 if !self.in_memory {
                     self.rolls_waited += 1;
                 }
-                let spare = self.spares.pop();
+                let spare = self.take_spare();
                 let fresh = if self.in_memory && spare.is_none() {
                     Segment::in_memory(slot, self.next_seq, self.size_log2)?
                 } else {
-                    Segment::make(&self.dir, slot, self.next_seq, self.size_log2, spare, false, self.random_access)?
+                    Segment::make(&self.dir, slot, self.next_seq, self.size_log2, spare, false, self.paging())?
                 };
                 self.recycled += u64::from(fresh.header.recycled);
                 self.next_seq += 1;
@@ -481,8 +491,9 @@ impl Log {
         let segments = self.segments.iter().flatten().count();
         let spares_max = (segments / 4).min(SPARE_FILES_MAX);
         // Under `always` a segment opened at startup may hold large folios
-        // that every flush would write back whole (`segment::advise`).
-        if seg.can_recycle() && !(self.random_access && seg.opened_at_start) {
+        // that every flush would write back whole, and a segment in 2 MiB
+        // folios must not take slow writes (`segment::Paging`).
+        if seg.can_recycle() && !(self.random_access && seg.opened_at_start) && self.may_take(&seg) {
             seg.path = doomed;
             self.spares.push(seg);
         } else {
@@ -493,6 +504,35 @@ impl Log {
         let excess = self.spares.len().saturating_sub(spares_max);
         self.doomed.extend(self.spares.drain(..excess).map(|spare| spare.path.clone()));
         Ok(())
+    }
+
+    /// How a segment made now is advised (`segment::Paging`).
+    pub fn paging(&self) -> Paging {
+        if self.random_access {
+            Paging::Random
+        } else if self.huge_pages && self.huge_wanted {
+            Paging::Huge
+        } else {
+            Paging::Normal
+        }
+    }
+
+    /// Whether `seg` may become the active segment now: not one in 2 MiB
+    /// folios while writes come slowly.
+    pub fn may_take(&self, seg: &Segment) -> bool {
+        !seg.huge || self.paging() == Paging::Huge
+    }
+
+    /// The newest spare, if it may become the active segment now; the ones
+    /// that may not are deleted.
+    pub fn take_spare(&mut self) -> Option<Segment> {
+        while let Some(spare) = self.spares.pop() {
+            if self.may_take(&spare) {
+                return Some(spare);
+            }
+            self.doomed.push(spare.path.clone());
+        }
+        None
     }
 
     /// Gives up the spare files: they join the files to delete. True when

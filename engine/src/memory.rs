@@ -1,8 +1,9 @@
 //! The memory bound: what counts, and what happens when it is reached.
 //!
 //! Memory used is the index plus the resident bytes of every segment: the
-//! pages up to the end of its records (all of a recycled segment's, and
-//! of the spares kept for the next ones). Each write checks that one segment
+//! pages up to the end of its records, or the 2 MiB folios for a segment
+//! advised `MADV_HUGEPAGE` (all of a recycled segment's, and of the spares
+//! kept for the next ones). Each write checks that one segment
 //! of headroom remains under the bound (the room the active segment may
 //! still fill and eviction's copies need), and room for the index's next
 //! growth step once that step is near. When it does not:

@@ -92,6 +92,11 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         spares: Vec::new(),
         seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
         random_access: config.fsync == crate::FsyncPolicy::Always && !in_memory,
+        huge_pages: config.fsync != crate::FsyncPolicy::Always
+            && !in_memory
+            && (1usize << size_log2) >= segment::HUGE_SEGMENT_MIN_BYTES,
+        // Until a second of writes says otherwise (`Store::tick`).
+        huge_wanted: true,
         pending_seal: Vec::new(),
         doomed: Vec::new(),
         prepared: None,
@@ -137,6 +142,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         index,
         index_seed,
         last_sync_ms: config.clock.now_ms(),
+        paging_window: (config.clock.now_ms(), 0),
         flushes_planned_by_caller: false,
         config,
         poisoned: None,
@@ -168,8 +174,16 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         store.apply_sorted(found);
     }
     store.log.recount_totals();
-    let random = store.log.random_access;
-    store.log.segments.iter().flatten().for_each(|segment| segment.advise(random));
+    // Segments opened now take no more appends (the roll below seals the
+    // last one), so 2 MiB folios cost their reads nothing.
+    let paging = if store.log.random_access {
+        segment::Paging::Random
+    } else if store.log.huge_pages {
+        segment::Paging::Huge
+    } else {
+        segment::Paging::Normal
+    };
+    store.log.segments.iter_mut().flatten().for_each(|segment| segment.advise(paging));
     store.log.roll()?;
     store.sync()?;
     report.duration = started.elapsed();

@@ -38,8 +38,13 @@ pub const FORMAT_VERSION_UNKEYED: u16 = 1;
 pub const HEADER_BYTES: usize = 32;
 const FLAG_SEALED: u8 = 1;
 const FLAG_RECYCLED: u8 = 2;
-/// Granularity of resident memory.
+/// Granularity of resident memory...
 const PAGE_BYTES: u64 = 4096;
+/// ...in a segment advised `MADV_HUGEPAGE` (x86-64's PMD size).
+const HUGE_PAGE_BYTES: u64 = 2 << 20;
+/// Smallest segment advised `MADV_HUGEPAGE`: a smaller one would be
+/// faulted in whole by its header's write, in one folio.
+pub const HUGE_SEGMENT_MIN_BYTES: usize = 4 << 20;
 /// CRC-32 of the two zero bytes a zeroed region's "record" would cover
 /// (meta and value length both zero). No segment has this checksum key, so
 /// untouched, zeroed space never decodes as a record.
@@ -189,6 +194,9 @@ pub struct Segment {
     /// (or a fault before `advise`) read ahead, which a store that
     /// flushes every write must not append into (see `advise`).
     pub opened_at_start: bool,
+    /// Its mapping is advised `MADV_HUGEPAGE` (see `advise`): it takes
+    /// appends in 2 MiB folios, which only a fast writer should get.
+    pub huge: bool,
     /// The header changed (sealed) since the last sync.
     header_dirty: bool,
     /// No record here expires before this (Unix ms); `u64::MAX` when none
@@ -206,10 +214,9 @@ pub struct Segment {
 impl Segment {
     /// Creates and preallocates a new segment file, header written and
     /// durable, its directory entry durable too.
-    /// Its mapping is advised for a store that flushes every write when
-    /// `random`, else for one that flushes rarely (see `advise`).
-    pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8, random: bool) -> Result<Segment> {
-        Segment::create_with(dir, slot, seq, size_log2, false, random)
+    /// Its mapping is advised `paging` (see `advise`).
+    pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8, paging: Paging) -> Result<Segment> {
+        Segment::create_with(dir, slot, seq, size_log2, false, paging)
     }
 
     /// Makes segment `slot`, `seq` from `spare` (`recycle`) when there is
@@ -223,7 +230,7 @@ impl Segment {
         size_log2: u8,
         spare: Option<Segment>,
         exclusive: bool,
-        random: bool,
+        paging: Paging,
     ) -> Result<Segment> {
         if let Some(spare) = spare {
             match spare.recycle(dir, slot, seq) {
@@ -232,9 +239,9 @@ impl Segment {
             }
         }
         if exclusive {
-            Segment::create_new(dir, slot, seq, size_log2, random)
+            Segment::create_new(dir, slot, seq, size_log2, paging)
         } else {
-            Segment::create(dir, slot, seq, size_log2, random)
+            Segment::create(dir, slot, seq, size_log2, paging)
         }
     }
 
@@ -242,8 +249,8 @@ impl Segment {
     /// (the store may have been closed and opened again meanwhile, and made
     /// that slot's file itself), and a file it made and could not finish is
     /// deleted.
-    pub fn create_new(dir: &Path, slot: u32, seq: u64, size_log2: u8, random: bool) -> Result<Segment> {
-        let made = Segment::create_with(dir, slot, seq, size_log2, true, random);
+    pub fn create_new(dir: &Path, slot: u32, seq: u64, size_log2: u8, paging: Paging) -> Result<Segment> {
+        let made = Segment::create_with(dir, slot, seq, size_log2, true, paging);
         if let Err(err) = &made {
             if !matches!(err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) {
                 let _ = std::fs::remove_file(dir.join(file_name(slot)));
@@ -252,7 +259,7 @@ impl Segment {
         made
     }
 
-    fn create_with(dir: &Path, slot: u32, seq: u64, size_log2: u8, exclusive: bool, random: bool) -> Result<Segment> {
+    fn create_with(dir: &Path, slot: u32, seq: u64, size_log2: u8, exclusive: bool, paging: Paging) -> Result<Segment> {
         let path = dir.join(file_name(slot));
         let size = 1u64 << size_log2;
         let mut options = OpenOptions::new();
@@ -267,12 +274,14 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
-        advise(&map, &path, random);
+        advise(&map, &path, paging);
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
         sync_dir(dir)?;
-        Ok(Segment::over(header, path, map, Some(file), HEADER_BYTES, 0))
+        let mut made = Segment::over(header, path, map, Some(file), HEADER_BYTES, 0);
+        made.huge = paging == Paging::Huge;
+        Ok(made)
     }
 
     /// A segment over `map` whose records end at `end` (durable up to
@@ -298,6 +307,7 @@ impl Segment {
             header_dirty: false,
             damaged: false,
             opened_at_start: false,
+            huge: false,
             expiry_min_ms: u64::MAX,
             sweep_after_ms: 0,
             tombstone_bytes: 0,
@@ -395,15 +405,18 @@ impl Segment {
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
-        Ok(Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor))
+        let huge = self.huge;
+        let mut recycled = Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor);
+        recycled.huge = huge;
+        Ok(recycled)
     }
 
-    /// Advises the mapping for a store that flushes every write (`random`)
-    /// or rarely, once recovery's scan, the one sequential reader, is done.
-    /// See `advise`.
-    pub fn advise(&self, random: bool) {
+    /// Advises the mapping `paging` once recovery's scan, the one
+    /// sequential reader, is done. See `advise`.
+    pub fn advise(&mut self, paging: Paging) {
         if self.file.is_some() {
-            advise(&self.map, &self.path, random);
+            advise(&self.map, &self.path, paging);
+            self.huge = paging == Paging::Huge;
         }
     }
 
@@ -417,9 +430,10 @@ impl Segment {
 
     /// Bytes of the mapping that can be resident: the pages up to the end
     /// of the records (the rest of the preallocated file is never touched),
-    /// or more for a recycled segment.
+    /// or more for a recycled segment; whole 2 MiB folios when `huge`.
     pub fn resident_bytes(&self) -> u64 {
-        (self.end.max(self.resident_floor) as u64).next_multiple_of(PAGE_BYTES)
+        let granule = if self.huge { HUGE_PAGE_BYTES } else { PAGE_BYTES };
+        (self.end.max(self.resident_floor) as u64).next_multiple_of(granule).min(self.map.len() as u64)
     }
 
     /// Notes a record expiring at `at` appended here.
@@ -504,31 +518,47 @@ impl Segment {
     }
 }
 
-/// Advice on a segment file's mapping, by how often the store flushes.
-///
-/// `random` (`always`): `MADV_RANDOM`, so that a fault on a page not in the
-/// page cache reads that page only. Without it the kernel reads ahead
-/// around the fault (`read_ahead_kb`, 8 MiB on this project's disk) into
-/// large folios, zero-filled past the records, and every append that lands
-/// in one dirties the whole folio: each group commit then wrote 2.1 MB on
-/// average (up to 4 MiB) instead of the 4-8 KiB it had changed, and
-/// acknowledged writes fell from about 147k/s over 5 seconds to 107k/s
-/// over 8 and 81k-84k/s over 15, as the appends reached the folios read
-/// ahead (docs/benchmarks.md, session 7). The hint does not split folios
-/// already cached: segments opened at startup are not recycled under
-/// `always` (`Log::doom`).
-///
-/// Otherwise `MADV_HUGEPAGE`: a fault then brings in a 2 MiB folio that the
-/// kernel maps with one page-table entry, so appends fault once per 2 MiB
-/// and reads of a large log miss the TLB far less. Measured in-process
-/// (`engine_interleaved`, session 8): gets 7% faster at 1 KiB and 2-4% at
-/// 32 B; sets unchanged. Stores that flush rarely write each folio back a
-/// few times at most. (`MADV_RANDOM` there made in-process sets 9-21%
-/// slower: appends faulted once a page.)
-///
-/// A failure only loses the hint.
-fn advise(map: &MmapMut, path: &Path, random: bool) {
-    let advice = if random { memmap2::Advice::Random } else { memmap2::Advice::HugePage };
+/// How a segment file's mapping is advised (`advise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// `MADV_RANDOM`, for stores that flush every write (`always`): a
+    /// fault on a page not in the page cache then reads that page only.
+    /// Without it the kernel reads ahead around the fault (`read_ahead_kb`,
+    /// 8 MiB on this project's disk) into large folios, zero-filled past
+    /// the records, and every append that lands in one dirties the whole
+    /// folio: each group commit then wrote 2.1 MB on average (up to 4 MiB)
+    /// instead of the 4-8 KiB it had changed, and acknowledged writes fell
+    /// from about 147k/s over 5 seconds to 107k/s over 8 and 81k-84k/s over
+    /// 15, as the appends reached the folios read ahead (docs/benchmarks.md,
+    /// session 7). The hint does not split folios already cached: segments
+    /// opened at startup are not recycled under `always` (`Log::doom`).
+    Random,
+    /// `MADV_HUGEPAGE`, for a store written fast that does not flush every
+    /// write: a fault brings in a 2 MiB folio that the kernel maps with one
+    /// page-table entry, so appends fault once per 2 MiB and reads of a
+    /// large log miss the TLB far less. Measured in session 8: in-process
+    /// gets 7% faster at 1 KiB and 2-4% at 32 B (`engine_interleaved`),
+    /// redis-benchmark's 1 KiB SETs at depth 16 641k-680k against
+    /// 556k-599k per server CPU-s. The cost is that a flush writes back
+    /// whole dirty folios: written slowly, a store would write 2 MiB to the
+    /// disk for every flush of a few records (10 SETs a second under
+    /// `everysec` wrote 22 MiB in 11 s, against 88-132 KiB without the
+    /// hint). So only segments made while writes come fast get it, and a
+    /// store whose writes slow down leaves such a segment early
+    /// (`Store::tick`, `HUGE_PAGES_RATE_MIN_BYTES`).
+    Huge,
+    /// No advice.
+    Normal,
+}
+
+/// Applies `paging` to a segment file's mapping. A failure only loses the
+/// hint.
+fn advise(map: &MmapMut, path: &Path, paging: Paging) {
+    let advice = match paging {
+        Paging::Random => memmap2::Advice::Random,
+        Paging::Huge => memmap2::Advice::HugePage,
+        Paging::Normal => return,
+    };
     if let Err(err) = map.advise(advice) {
         tracing::warn!(segment = %path.display(), error = %err, ?advice, "madvise failed");
     }
