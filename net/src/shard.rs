@@ -166,12 +166,13 @@ impl Acks {
             return;
         }
         self.synced.set(to);
-        let mut waiting = self.waiting.borrow_mut();
-        while waiting.front().is_some_and(|&(seq, _)| seq <= to) {
-            if let Some((_, waker)) = waiting.pop_front() {
-                waker.wake();
-            }
-        }
+        // Woken once the borrow is released, in case a waker runs its task.
+        let covered: Vec<Waker> = {
+            let mut waiting = self.waiting.borrow_mut();
+            let n = waiting.partition_point(|&(seq, _)| seq <= to);
+            waiting.drain(..n).map(|(_, waker)| waker).collect()
+        };
+        covered.into_iter().for_each(Waker::wake);
     }
 
     /// A flush failed: every batch waiting, and every later one, is told so.
