@@ -142,7 +142,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         index,
         index_seed,
         last_sync_ms: config.clock.now_ms(),
-        paging_window: (config.clock.now_ms(), 0),
+        paging_window: (0, 0),
+        early_roll_failed_during: None,
         flushes_planned_by_caller: false,
         config,
         poisoned: None,
@@ -186,6 +187,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     store.log.segments.iter_mut().flatten().for_each(|segment| segment.advise(paging));
     store.log.roll()?;
     store.sync()?;
+    // The first second of writes starts now, not before the scan.
+    store.paging_window = (store.now_ms(), store.counters.written_bytes);
     report.duration = started.elapsed();
     if !report.corrupt.is_empty() || !report.torn.is_empty() || !report.quarantined.is_empty() {
         tracing::warn!(

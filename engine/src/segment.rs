@@ -214,9 +214,15 @@ pub struct Segment {
 impl Segment {
     /// Creates and preallocates a new segment file, header written and
     /// durable, its directory entry durable too.
-    /// Its mapping is advised `paging` (see `advise`).
+    /// Its mapping is advised `paging` (see `advise`). A file it could not
+    /// finish is deleted (a short file under a segment's name would be
+    /// taken for damage at the next open).
     pub fn create(dir: &Path, slot: u32, seq: u64, size_log2: u8, paging: Paging) -> Result<Segment> {
-        Segment::create_with(dir, slot, seq, size_log2, false, paging)
+        let made = Segment::create_with(dir, slot, seq, size_log2, false, paging);
+        if made.is_err() {
+            let _ = std::fs::remove_file(dir.join(file_name(slot)));
+        }
+        made
     }
 
     /// Makes segment `slot`, `seq` from `spare` (`recycle`) when there is

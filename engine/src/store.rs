@@ -310,6 +310,9 @@ pub struct Store {
     /// When the current second of writes began, and `written_bytes` then
     /// (`decide_paging`).
     pub(crate) paging_window: (u64, u64),
+    /// The seq of the active segment when an early roll failed: not tried
+    /// again while it is active.
+    pub(crate) early_roll_failed_during: Option<u64>,
     /// `plan_flushes_elsewhere` or `begin_sync` was called: `tick` leaves
     /// every flush to the caller.
     pub(crate) flushes_planned_by_caller: bool,
@@ -932,7 +935,7 @@ impl Store {
             self.sync()?;
         }
         self.index.migrate(1024);
-        self.decide_paging()?;
+        self.decide_paging();
         for path in self.take_doomed_files() {
             remove_doomed(&path);
         }
@@ -949,30 +952,45 @@ impl Store {
     }
 
     /// Once a second: whether writes come fast enough for new segments in
-    /// 2 MiB folios (`segment::Paging::Huge`). When they no longer do, an
-    /// active segment in 2 MiB folios is left for a new one (sealed early,
-    /// its unused space garbage to compaction), so that a slow writer's
-    /// flushes write back pages, not whole folios. That roll usually makes
-    /// its segment on this thread (a file, milliseconds): once each time
-    /// writes slow down.
-    fn decide_paging(&mut self) -> Result<()> {
+    /// 2 MiB folios (`segment::Paging::Huge`): from 4 MiB/s on, and until
+    /// they fall below half that (a writer near the line does not flip it
+    /// every second). When they no longer do, an active segment in 2 MiB
+    /// folios is left for a new one (sealed early, its unused space
+    /// garbage to compaction), so that a slow writer's flushes write back
+    /// pages, not whole folios. That roll usually makes its segment on this
+    /// thread (a file, milliseconds): once each time writes slow down. It
+    /// is an optimisation, so a failure is logged and not retried while
+    /// the same segment is active (a failed flush poisons the store, as
+    /// for any roll). A store never ticked keeps what it started with.
+    fn decide_paging(&mut self) {
         if !self.log.huge_pages || self.poisoned.is_some() {
-            return Ok(());
+            return;
         }
         let (since, written_then) = self.paging_window;
         let now = self.now_ms();
-        let elapsed = now.saturating_sub(since);
+        if now < since {
+            // The clock stepped back: start the second again.
+            self.paging_window = (now, self.counters.written_bytes);
+            return;
+        }
+        let elapsed = now - since;
         if elapsed < 1000 {
-            return Ok(());
+            return;
         }
         let written = self.counters.written_bytes - written_then;
         self.paging_window = (now, self.counters.written_bytes);
-        self.log.huge_wanted = written.saturating_mul(1000) >= HUGE_PAGES_RATE_MIN_BYTES.saturating_mul(elapsed);
-        let active_huge = self.log.segment(self.log.active).is_some_and(|s| s.huge);
-        if !self.log.huge_wanted && written > 0 && active_huge {
-            self.log.roll()?;
+        let line = if self.log.huge_wanted { HUGE_PAGES_RATE_MIN_BYTES / 2 } else { HUGE_PAGES_RATE_MIN_BYTES };
+        self.log.huge_wanted = written.saturating_mul(1000) >= line.saturating_mul(elapsed);
+        let Some(active) = self.log.segment(self.log.active) else { return };
+        let seq = active.header.seq;
+        if self.log.huge_wanted || written == 0 || !active.huge || self.early_roll_failed_during == Some(seq) {
+            return;
         }
-        Ok(())
+        let rolled = self.log.roll();
+        if let Err(err) = self.poison_on_sync_failure(rolled) {
+            tracing::warn!(error = %err, "could not leave a segment in 2 MiB folios for a slow writer");
+            self.early_roll_failed_during = Some(seq);
+        }
     }
 
     /// Plans the creation of the next segment on another thread, so that
@@ -1128,11 +1146,12 @@ impl SyncJob {
     }
 }
 
-/// Writes a second at which new segments are advised `MADV_HUGEPAGE`: a
-/// flush a second then writes back at most one partly filled 2 MiB folio
-/// beyond what was written, half as much again at this rate (see
-/// `segment::Paging::Huge`). Depth-16 GETs and SETs at 1:10 append 7 MB/s
-/// to each of two servers sharing a core.
+/// Writes a second from which new segments are advised `MADV_HUGEPAGE`
+/// (until the rate falls below half of it): a flush a second then writes
+/// back at most one partly filled 2 MiB folio beyond what was written,
+/// half as much again at this rate (see `segment::Paging::Huge`).
+/// Depth-16 GETs and SETs at 1:10 append 7 MB/s to each of two servers
+/// sharing a core.
 pub const HUGE_PAGES_RATE_MIN_BYTES: u64 = 4 << 20;
 /// Bytes of records one compaction step examines: small enough that a step
 /// costs tens of microseconds, so requests interleaved with it stay fast.

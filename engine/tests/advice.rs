@@ -69,58 +69,100 @@ fn under_other_policies_segments_start_huge_and_not_random() {
     check(FsyncPolicy::Never, "hg", "rr");
 }
 
-/// A second of fast writes keeps new segments in 2 MiB folios; a second
-/// of slow ones moves the appends to a segment without them, and the
-/// segments after it stay so until writes come fast again.
-#[test]
-fn a_slow_writer_leaves_the_huge_segment_and_a_fast_one_gets_them_back() {
+/// A second of fast writes keeps new segments in 2 MiB folios, and so does
+/// one at half that rate; a second of slow ones moves the appends to a
+/// segment without them, and the segments after it stay so until writes
+/// come fast again. Nothing written is lost on the way, nor after a
+/// reopen.
+fn slow_writer_leaves_the_huge_segment(fsync: FsyncPolicy) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(AtomicU64::new(1_000_000));
+    // No compaction: it would remove and recycle segments, whose mappings
+    // then go by their removed names.
     let config = Config {
         segment_size_bytes: SEGMENT_BYTES,
-        fsync: FsyncPolicy::Never,
+        fsync,
         clock: Clock::Manual(clock.clone()),
+        compaction_garbage_ratio_min: 1.0,
         ..Config::default()
     };
-    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let (mut store, _) = Store::open(dir.path(), config.clone()).unwrap();
     let second = |store: &mut Store| {
         clock.fetch_add(1000, Ordering::Relaxed);
         store.tick().unwrap();
     };
-    let huge = |store: &Store| -> Vec<bool> {
-        let _ = store;
-        segment_vm_flags(dir.path()).iter().map(|(_, f)| has(f, "hg")).collect()
+    let huge = || -> Vec<bool> { segment_vm_flags(dir.path()).iter().map(|(_, f)| has(f, "hg")).collect() };
+    let value = vec![7u8; 64 << 10];
+    let write = |store: &mut Store, prefix: &str, mib: u32| {
+        for i in 0..mib * 16 {
+            store.set(format!("{prefix}-{i}").as_bytes(), &value, SetOptions::default()).unwrap();
+        }
     };
     // Fast: 9 MiB in a second, over three 4 MiB segments.
-    let value = vec![7u8; 64 << 10];
-    for i in 0..144u32 {
-        store.set(format!("fast-{i}").as_bytes(), &value, SetOptions::default()).unwrap();
-    }
+    write(&mut store, "fast", 9);
     second(&mut store);
-    let after_fast = huge(&store);
-    assert!(after_fast.len() >= 3 && after_fast.iter().all(|&h| h), "fast writes: {after_fast:?}");
+    let after_fast = huge();
+    assert!(after_fast.len() >= 3 && after_fast.iter().all(|&h| h), "{fsync:?}, fast writes: {after_fast:?}");
+    // 3 MiB in a second: below the line to start, above the one to stop.
+    write(&mut store, "middle", 3);
+    second(&mut store);
+    let after_middle = huge();
+    assert!(after_middle.iter().all(|&h| h), "{fsync:?}, 3 MiB/s: {after_middle:?}");
     // Slow: one small write in a second. The active segment is left.
     store.set(b"slow", b"1", SetOptions::default()).unwrap();
     second(&mut store);
-    let after_slow = huge(&store);
-    assert_eq!(after_slow.len(), after_fast.len() + 1, "a new segment: {after_slow:?}");
-    assert_eq!(after_slow.iter().filter(|&&h| !h).count(), 1, "the new one only is not huge: {after_slow:?}");
-    // Still slow: nothing changes.
+    let after_slow = huge();
+    assert_eq!(after_slow.len(), after_middle.len() + 1, "{fsync:?}, a new segment: {after_slow:?}");
+    assert_eq!(
+        after_slow.iter().filter(|&&h| !h).count(),
+        1,
+        "{fsync:?}, only the new one is not huge: {after_slow:?}"
+    );
+    // Still slow, and 3 MiB/s is not enough to start again: nothing changes
+    // but the segments the 3 MiB fill, which are not huge.
     store.set(b"slow", b"2", SetOptions::default()).unwrap();
     second(&mut store);
-    assert_eq!(huge(&store), after_slow);
-    // Fast again: the segments made from now on are huge again.
-    for i in 0..144u32 {
-        store.set(format!("fast-{i}").as_bytes(), &value, SetOptions::default()).unwrap();
-    }
+    assert_eq!(huge(), after_slow, "{fsync:?}");
+    write(&mut store, "middle-again", 3);
     second(&mut store);
-    for i in 0..144u32 {
-        store.set(format!("again-{i}").as_bytes(), &value, SetOptions::default()).unwrap();
-    }
-    let at_last = segment_vm_flags(dir.path());
-    assert!(at_last.iter().filter(|(_, f)| has(f, "hg")).count() > after_slow.len(), "{at_last:?}");
-    // Every value written is still served.
-    assert_eq!(store.get(b"slow"), Some(&b"2"[..]));
-    assert_eq!(store.get(b"again-143").map(<[u8]>::len), Some(value.len()));
-    drop(store);
+    let after_middle_again = huge();
+    assert_eq!(
+        after_middle_again.iter().filter(|&&h| h).count(),
+        after_slow.iter().filter(|&&h| h).count(),
+        "{fsync:?}, 3 MiB/s while slow: {after_middle_again:?}"
+    );
+    // The clock steps back: nothing breaks, nothing is decided.
+    clock.fetch_sub(10_000, Ordering::Relaxed);
+    store.tick().unwrap();
+    // Fast again: the segments made from now on are huge again. (New keys
+    // throughout, so that no garbage makes compaction remove segments.)
+    write(&mut store, "fast2", 9);
+    second(&mut store);
+    write(&mut store, "again", 9);
+    let at_last = huge();
+    assert!(
+        at_last.iter().filter(|&&h| h).count() > after_middle_again.iter().filter(|&&h| h).count(),
+        "{fsync:?}: {at_last:?}"
+    );
+    let check = |store: &Store| {
+        assert_eq!(store.get(b"slow"), Some(&b"2"[..]), "{fsync:?}");
+        for prefix in ["fast", "middle", "middle-again", "fast2", "again"] {
+            let n = if prefix.starts_with("middle") { 3 * 16 } else { 9 * 16 };
+            for i in 0..n {
+                let key = format!("{prefix}-{i}");
+                assert_eq!(store.get(key.as_bytes()), Some(&value[..]), "{fsync:?}: {key}");
+            }
+        }
+    };
+    check(&store);
+    store.close().unwrap();
+    let (store, report) = Store::open(dir.path(), config).unwrap();
+    assert!(report.corrupt.is_empty() && report.torn.is_empty(), "{fsync:?}: {report:?}");
+    check(&store);
+}
+
+#[test]
+fn a_slow_writer_leaves_the_huge_segment_and_a_fast_one_gets_them_back() {
+    slow_writer_leaves_the_huge_segment(FsyncPolicy::Never);
+    slow_writer_leaves_the_huge_segment(FsyncPolicy::EverySec);
 }
