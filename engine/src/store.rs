@@ -829,6 +829,8 @@ impl Store {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         if !self.log.needs_sync() {
+            // Nothing unflushed now: as good as a flush for `everysec`.
+            self.last_sync_ms = self.now_ms();
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -869,8 +871,11 @@ impl Store {
         if self.poisoned.is_some() {
             return false;
         }
+        // A clock that stepped back makes it due at once: otherwise no
+        // flush would come until the clock caught up with the last one.
+        let now = self.now_ms();
         let periodic =
-            self.config.fsync == FsyncPolicy::EverySec && self.now_ms().saturating_sub(self.last_sync_ms) >= 1000;
+            self.config.fsync == FsyncPolicy::EverySec && (now < self.last_sync_ms || now - self.last_sync_ms >= 1000);
         periodic
             || !self.log.pending_seal.is_empty()
             || !self.log.unsettled.is_empty()

@@ -307,3 +307,27 @@ fn removals_settle_with_the_next_flush() {
         }
     }
 }
+
+/// `everysec` asks for its flush once a second by the store's clock, and
+/// at once when that clock steps back (else none would come until it
+/// caught up with the last flush).
+#[test]
+fn everysec_is_due_after_a_second_and_when_the_clock_steps_back() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(AtomicU64::new(10_000_000));
+    let config = Config { clock: engine::Clock::Manual(clock.clone()), ..config() };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    store.set(b"k", b"v", SetOptions::default()).unwrap();
+    store.sync().unwrap();
+    assert!(!store.sync_due(), "just flushed");
+    clock.fetch_add(999, Ordering::Relaxed);
+    assert!(!store.sync_due(), "not a second yet");
+    clock.fetch_add(1, Ordering::Relaxed);
+    assert!(store.sync_due(), "a second since the flush");
+    store.sync().unwrap();
+    clock.fetch_sub(3_600_000, Ordering::Relaxed);
+    assert!(store.sync_due(), "the clock stepped back an hour");
+    store.sync().unwrap();
+    assert!(!store.sync_due(), "flushed at the new time");
+}
