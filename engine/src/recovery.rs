@@ -144,6 +144,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         last_sync_ms: config.clock.now_ms(),
         paging_window: (0, 0),
         early_roll_failed_during: None,
+        prepares_elsewhere: false,
+        leaving_huge: false,
         flushes_planned_by_caller: false,
         config,
         poisoned: None,

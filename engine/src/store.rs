@@ -313,6 +313,12 @@ pub struct Store {
     /// The seq of the active segment when an early roll failed: not tried
     /// again while it is active.
     pub(crate) early_roll_failed_during: Option<u64>,
+    /// The caller makes segments ahead of need (`begin_prepare` was
+    /// called): an early roll waits for one.
+    pub(crate) prepares_elsewhere: bool,
+    /// The active segment is in 2 MiB folios and writes came slowly: it
+    /// is left as soon as a segment made ahead is there.
+    pub(crate) leaving_huge: bool,
     /// `plan_flushes_elsewhere` or `begin_sync` was called: `tick` leaves
     /// every flush to the caller.
     pub(crate) flushes_planned_by_caller: bool,
@@ -941,6 +947,9 @@ impl Store {
         }
         self.index.migrate(1024);
         self.decide_paging();
+        if self.leaving_huge {
+            self.leave_huge_when_ready();
+        }
         for path in self.take_doomed_files() {
             remove_doomed(&path);
         }
@@ -962,11 +971,10 @@ impl Store {
     /// every second). When they no longer do, an active segment in 2 MiB
     /// folios is left for a new one (sealed early, its unused space
     /// garbage to compaction), so that a slow writer's flushes write back
-    /// pages, not whole folios. That roll usually makes its segment on this
-    /// thread (a file, milliseconds): once each time writes slow down. It
-    /// is an optimisation, so a failure is logged and not retried while
-    /// the same segment is active (a failed flush poisons the store, as
-    /// for any roll). A store never ticked keeps what it started with.
+    /// pages, not whole folios. A caller that makes segments ahead
+    /// (`begin_prepare`) gets one planned at once, which the roll takes (no
+    /// file made on this thread); for others the roll makes it. A store
+    /// never ticked keeps what it started with.
     fn decide_paging(&mut self) {
         if !self.log.huge_pages || self.poisoned.is_some() {
             return;
@@ -989,12 +997,56 @@ impl Store {
         let Some(active) = self.log.segment(self.log.active) else { return };
         let seq = active.header.seq;
         if self.log.huge_wanted || written == 0 || !active.huge || self.early_roll_failed_during == Some(seq) {
+            self.leaving_huge = false;
             return;
         }
+        if self.prepares_elsewhere && !self.leaving_huge {
+            // The caller makes the next segment on another thread
+            // (`begin_prepare` now starts at once): the roll takes it, so
+            // that this thread makes no file. Inline if it is not there
+            // by the next second.
+            self.leaving_huge = true;
+            self.drop_huge_prepared();
+            return;
+        }
+        self.leaving_huge = false;
+        self.leave_huge_segment();
+    }
+
+    /// The early roll of `decide_paging`, once a segment made ahead (not in
+    /// 2 MiB folios) is there; nothing to do once the active segment is no
+    /// longer in them.
+    fn leave_huge_when_ready(&mut self) {
+        if !self.log.segment(self.log.active).is_some_and(|s| s.huge) {
+            self.leaving_huge = false;
+            return;
+        }
+        self.drop_huge_prepared();
+        if self.log.prepared.is_some() {
+            self.leaving_huge = false;
+            self.leave_huge_segment();
+        }
+    }
+
+    /// Discards a segment made ahead in 2 MiB folios (writes came fast
+    /// when it was planned).
+    fn drop_huge_prepared(&mut self) {
+        if let Some(huge) = self.log.prepared.take_if(|p| p.huge) {
+            if let Err(err) = self.log.doom(huge) {
+                tracing::warn!(error = %err, "could not discard a segment made in 2 MiB folios");
+            }
+        }
+    }
+
+    /// Rolls out of the active segment in 2 MiB folios. An optimisation: a
+    /// failure is logged and not retried while the segment is active (a
+    /// failed flush poisons the store, as for any roll).
+    fn leave_huge_segment(&mut self) {
+        let seq = self.log.segment(self.log.active).map(|s| s.header.seq);
         let rolled = self.log.roll();
         if let Err(err) = self.poison_on_sync_failure(rolled) {
             tracing::warn!(error = %err, "could not leave a segment in 2 MiB folios for a slow writer");
-            self.early_roll_failed_during = Some(seq);
+            self.early_roll_failed_during = seq;
         }
     }
 
@@ -1005,15 +1057,20 @@ impl Store {
     /// in `fsync`, `msync` and ext4's block allocator, `perf sched`).
     /// The segment is made from a spare (a compacted segment's file, its
     /// pages resident) when there is one. `None` until the active segment
-    /// is half full, while a segment is ready or being made, and for memory
-    /// segments.
+    /// is half full (or, at once, when a slow writer is to leave a segment
+    /// in 2 MiB folios: `decide_paging`), while a segment is ready or being
+    /// made, and for memory segments.
     pub fn begin_prepare(&mut self) -> Option<PrepareJob> {
+        self.prepares_elsewhere = true;
+        let leaving_huge = self.leaving_huge;
         let log = &mut self.log;
         if log.in_memory || self.poisoned.is_some() || log.prepared.is_some() || log.preparing.is_some() {
             return None;
         }
         let active = log.segment(log.active)?;
-        if active.end < log.segment_size() / 2 || log.prepare_failed_during == Some(active.header.seq) {
+        if (active.end < log.segment_size() / 2 && !leaving_huge)
+            || log.prepare_failed_during == Some(active.header.seq)
+        {
             return None;
         }
         // A recycled segment is resident from the start; near the memory

@@ -166,3 +166,53 @@ fn a_slow_writer_leaves_the_huge_segment_and_a_fast_one_gets_them_back() {
     slow_writer_leaves_the_huge_segment(FsyncPolicy::Never);
     slow_writer_leaves_the_huge_segment(FsyncPolicy::EverySec);
 }
+
+/// A caller that makes segments ahead (`begin_prepare`, as the server's
+/// shards do) leaves a segment in 2 MiB folios through one made ahead, not
+/// in 2 MiB folios, instead of making a file on its own thread; one planned
+/// while writes came fast is discarded, not taken.
+#[test]
+fn a_slow_writer_that_prepares_ahead_leaves_through_a_prepared_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let config = Config {
+        segment_size_bytes: SEGMENT_BYTES,
+        fsync: FsyncPolicy::EverySec,
+        clock: Clock::Manual(clock.clone()),
+        compaction_garbage_ratio_min: 1.0,
+        ..Config::default()
+    };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let prepare = |store: &mut Store| -> bool {
+        let Some(job) = store.begin_prepare() else { return false };
+        store.finish_prepare(job.run());
+        true
+    };
+    let value = vec![7u8; 64 << 10];
+    // Fast, and past half the active segment: a segment is made ahead, in
+    // 2 MiB folios.
+    for i in 0..(3 * 16 + 8) {
+        store.set(format!("fast-{i}").as_bytes(), &value, SetOptions::default()).unwrap();
+    }
+    clock.fetch_add(1000, Ordering::Relaxed);
+    store.tick().unwrap();
+    assert!(prepare(&mut store), "half full: a segment is made ahead");
+    let before = segment_vm_flags(dir.path());
+    assert!(before.iter().all(|(_, f)| has(f, "hg")), "{before:?}");
+    // Slow: the roll waits for a segment made ahead; the huge one is dropped.
+    store.set(b"slow", b"1", SetOptions::default()).unwrap();
+    clock.fetch_add(1000, Ordering::Relaxed);
+    store.tick().unwrap();
+    let waiting = segment_vm_flags(dir.path());
+    assert_eq!(waiting.len(), before.len() - 1, "the huge segment made ahead is gone: {waiting:?}");
+    assert!(waiting.iter().all(|(_, f)| has(f, "hg")), "no roll yet: {waiting:?}");
+    assert!(prepare(&mut store), "a segment is made ahead at once, though the active one is not half full");
+    store.tick().unwrap();
+    let after = segment_vm_flags(dir.path());
+    assert_eq!(after.len(), waiting.len() + 1, "{after:?}");
+    assert_eq!(after.iter().filter(|(_, f)| !has(f, "hg")).count(), 1, "the new active segment: {after:?}");
+    assert_eq!(store.stats().rolls_waited, 1, "only the roll at open made its file inline");
+    store.set(b"slow", b"2", SetOptions::default()).unwrap();
+    assert_eq!(store.get(b"slow"), Some(&b"2"[..]));
+    assert_eq!(store.get(b"fast-55").map(<[u8]>::len), Some(value.len()));
+}
