@@ -273,11 +273,7 @@ impl Log {
     /// may not have (which recovery would take for damage). One flush per
     /// segment is cheap at any fsync policy.
     pub fn roll(&mut self) -> Result<()> {
-        if self.prepared.as_ref().is_some_and(|ready| !self.may_take(ready)) {
-            // Made while writes came fast; they no longer do.
-            let ready = self.prepared.take().expect("checked");
-            self.doom(ready)?;
-        }
+        self.drop_untakeable_prepared()?;
         let fresh = match self.prepared.take() {
             Some(ready) => ready,
             None => {
@@ -521,6 +517,18 @@ impl Log {
     /// folios while writes come slowly.
     pub fn may_take(&self, seg: &Segment) -> bool {
         !seg.huge || self.paging() == Paging::Huge
+    }
+
+    /// Discards the segment made ahead if it may not become the active one
+    /// now (made in 2 MiB folios while writes came fast; they no longer do).
+    pub fn drop_untakeable_prepared(&mut self) -> Result<()> {
+        if self.prepared.as_ref().is_none_or(|ready| self.may_take(ready)) {
+            return Ok(());
+        }
+        match self.prepared.take() {
+            Some(ready) => self.doom(ready),
+            None => Ok(()),
+        }
     }
 
     /// The newest spare, if it may become the active segment now; the ones

@@ -178,14 +178,9 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     }
     store.log.recount_totals();
     // Segments opened now take no more appends (the roll below seals the
-    // last one), so 2 MiB folios cost their reads nothing.
-    let paging = if store.log.random_access {
-        segment::Paging::Random
-    } else if store.log.huge_pages {
-        segment::Paging::Huge
-    } else {
-        segment::Paging::Normal
-    };
+    // last one), so 2 MiB folios cost their reads nothing (`huge_wanted`
+    // holds until the first second of writes).
+    let paging = store.log.paging();
     store.log.segments.iter_mut().flatten().for_each(|segment| segment.advise(paging));
     store.log.roll()?;
     store.sync()?;

@@ -1006,7 +1006,6 @@ impl Store {
             // that this thread makes no file. Inline if it is not there
             // by the next second.
             self.leaving_huge = true;
-            self.drop_huge_prepared();
             return;
         }
         self.leaving_huge = false;
@@ -1021,20 +1020,12 @@ impl Store {
             self.leaving_huge = false;
             return;
         }
-        self.drop_huge_prepared();
+        if let Err(err) = self.log.drop_untakeable_prepared() {
+            tracing::warn!(error = %err, "could not discard a segment made in 2 MiB folios");
+        }
         if self.log.prepared.is_some() {
             self.leaving_huge = false;
             self.leave_huge_segment();
-        }
-    }
-
-    /// Discards a segment made ahead in 2 MiB folios (writes came fast
-    /// when it was planned).
-    fn drop_huge_prepared(&mut self) {
-        if let Some(huge) = self.log.prepared.take_if(|p| p.huge) {
-            if let Err(err) = self.log.doom(huge) {
-                tracing::warn!(error = %err, "could not discard a segment made in 2 MiB folios");
-            }
         }
     }
 
