@@ -454,18 +454,25 @@ impl Log {
 
     /// Removes a segment (its file renamed out of the way, kept as a spare
     /// or deleted later) and frees its slot.
+    ///
+    /// The file leaves its name before the segment leaves the log. If the
+    /// rename fails (a full disk, say), nothing has changed: the segment
+    /// is still in the log, still counted as older than every later victim
+    /// (so their tombstones are kept), and removing it can be tried again.
+    /// Taken out first, a segment whose file stayed under its name was
+    /// forgotten by compaction, which then dropped the tombstones that hid
+    /// its records: they came back at the next open.
     pub fn remove_segment(&mut self, slot: u32) -> Result<()> {
         assert_ne!(slot, self.active, "the active segment is never removed");
-        if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::take) {
-            self.used_bytes_total = self.used_bytes_total.saturating_sub((seg.end - segment::HEADER_BYTES) as u64);
-            self.live_bytes_total = self.live_bytes_total.saturating_sub(seg.live_bytes);
-            if seg.is_in_memory() {
-                if self.spares.is_empty() {
-                    self.spares.push(seg);
-                }
-            } else {
-                self.doom(seg)?;
-            }
+        let Some(seg) = self.segments.get(slot as usize).and_then(Option::as_ref) else { return Ok(()) };
+        let doomed = if seg.is_in_memory() { None } else { Some(rename_out(seg)?) };
+        let seg = self.segments[slot as usize].take().expect("checked above");
+        self.used_bytes_total = self.used_bytes_total.saturating_sub((seg.end - segment::HEADER_BYTES) as u64);
+        self.live_bytes_total = self.live_bytes_total.saturating_sub(seg.live_bytes);
+        match doomed {
+            Some(doomed) => self.keep_or_delete(seg, doomed),
+            None if self.spares.is_empty() => self.spares.push(seg),
+            None => {}
         }
         self.unsynced.retain(|&s| s != slot);
         self.pending_seal.retain(|&s| s != slot);
@@ -476,14 +483,20 @@ impl Log {
         Ok(())
     }
 
-    /// Renames a segment's file out of the way at once (the slot's name is
-    /// free for a new segment, and recovery deletes the file); the file is
-    /// kept, mapped, as a spare while there are fewer than
-    /// `SPARE_FILES_MAX`, or deleted later.
-    pub fn doom(&mut self, mut seg: Segment) -> Result<()> {
-        let path = seg.path.clone();
-        let doomed = path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
-        std::fs::rename(&path, &doomed).map_err(Error::io(format!("rename {}", path.display())))?;
+    /// Renames the file of a segment that is not in the log (a spare or a
+    /// prepared one) out of the way at once, then keeps it as a spare or
+    /// deletes it later (`keep_or_delete`).
+    pub fn doom(&mut self, seg: Segment) -> Result<()> {
+        let doomed = rename_out(&seg)?;
+        self.keep_or_delete(seg, doomed);
+        Ok(())
+    }
+
+    /// A segment whose file was renamed `doomed` (the slot's name is free
+    /// for a new segment, and recovery deletes the file): kept, mapped, as
+    /// a spare while there are fewer than `SPARE_FILES_MAX`, or deleted
+    /// later.
+    fn keep_or_delete(&mut self, mut seg: Segment, doomed: PathBuf) {
         let segments = self.segments.iter().flatten().count();
         let spares_max = (segments / 4).min(SPARE_FILES_MAX);
         // Under `always` a segment opened at startup may hold large folios
@@ -499,7 +512,16 @@ impl Log {
         // to be in the page cache still.
         let excess = self.spares.len().saturating_sub(spares_max);
         self.doomed.extend(self.spares.drain(..excess).map(|spare| spare.path.clone()));
-        Ok(())
+    }
+
+    /// Counts every record of a segment as dead (FLUSHALL: the records
+    /// below the flush floor are gone even if their file outlives a failed
+    /// removal).
+    pub fn forget_live(&mut self, slot: u32) {
+        if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::as_mut) {
+            self.live_bytes_total = self.live_bytes_total.saturating_sub(seg.live_bytes);
+            seg.live_bytes = 0;
+        }
     }
 
     /// How a segment made now is advised (`segment::Paging`).
@@ -568,4 +590,12 @@ impl Log {
     pub fn has_older_than(&self, seq: u64) -> bool {
         self.segments.iter().flatten().any(|s| s.header.seq < seq) || self.unsettled.iter().any(|&s| s < seq)
     }
+}
+
+/// Renames a segment's file to its doomed name (`NNNNNN.seg.<seq>` plus
+/// `DOOMED_SUFFIX`), which recovery deletes.
+fn rename_out(seg: &Segment) -> Result<PathBuf> {
+    let doomed = seg.path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
+    std::fs::rename(&seg.path, &doomed).map_err(Error::io(format!("rename {}", seg.path.display())))?;
+    Ok(doomed)
 }

@@ -461,14 +461,31 @@ fn list_segments(dir: &Path, config: &Config, floor: Option<u64>, report: &mut R
     Ok(found)
 }
 
+/// Whether a segment file's header was never written: all zeros, or
+/// shorter than a header with only zeros (a crash between the file's
+/// creation and its preallocation leaves it empty).
 fn header_is_blank(path: &Path) -> bool {
     use std::io::Read;
-    let mut header = [0u8; HEADER_BYTES];
-    fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && header.iter().all(|&x| x == 0)
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    fs::File::open(path).and_then(|f| f.take(HEADER_BYTES as u64).read_to_end(&mut header)).is_ok()
+        && header.iter().all(|&x| x == 0)
 }
 
+/// Most `.seg.corrupt` files kept for one slot.
+const QUARANTINED_PER_SLOT_MAX: usize = 1000;
+
+/// Moves an unreadable segment aside, under a name no other quarantined
+/// file has: a second quarantine of the same slot replaced the first (a
+/// segment kept for inspection, its records intact behind a damaged
+/// header, was lost).
 fn quarantine(path: &Path, problem: &str, report: &mut RecoveryReport) -> Result<()> {
-    let to = path.with_extension("seg.corrupt");
+    let to = (0..QUARANTINED_PER_SLOT_MAX)
+        .map(|n| path.with_extension(if n == 0 { "seg.corrupt".to_string() } else { format!("seg.corrupt.{n}") }))
+        .find(|to| fs::symlink_metadata(to).is_err())
+        .ok_or_else(|| Error::BadSegment {
+            path: path.to_path_buf(),
+            problem: format!("{problem}; {QUARANTINED_PER_SLOT_MAX} files of this slot are quarantined already"),
+        })?;
     tracing::error!(segment = %path.display(), problem, "unreadable segment moved aside; its records are not served");
     fs::rename(path, &to).map_err(Error::io(format!("quarantine {}", path.display())))?;
     report.quarantined.push(to);

@@ -768,17 +768,29 @@ impl Store {
         if !self.log.in_memory {
             crate::recovery::write_floor(&self.log.dir, floor)?;
         }
-        for slot in self.log.by_seq() {
-            if slot != self.log.active {
-                self.log.remove_segment(slot)?;
-            }
-        }
-        self.log.sync_dir()?;
-        self.log.unsettled.clear();
+        // The floor is durable: from here every record below it is gone,
+        // whatever fails next. So the index and the compaction's state go
+        // first, and a segment whose removal fails stays behind as garbage
+        // (no live bytes) for compaction to remove, instead of leaving them
+        // pointing at slots freed and reused.
         self.index.clear();
         self.compaction = None;
         self.compacted_waiting.clear();
         self.sweep = None;
+        let mut failed = None;
+        for slot in self.log.by_seq() {
+            if slot != self.log.active {
+                self.log.forget_live(slot);
+                if let Err(err) = self.log.remove_segment(slot) {
+                    failed.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        self.log.sync_dir()?;
+        self.log.unsettled.clear();
         Ok(())
     }
 
@@ -1125,6 +1137,12 @@ impl Store {
         for path in self.take_doomed_files() {
             remove_doomed(&path);
         }
+        // The records first, then the seal: a durable sealed header says
+        // that the records up to `sealed_end` are durable too. Sealed
+        // first, the kernel could write the header back before the tail,
+        // and a crash in the middle of the close left a sealed segment
+        // whose last records recovery reported as corrupt, not torn.
+        self.sync()?;
         self.log.seal_active();
         self.sync()?;
         crate::hint::write(&self)

@@ -91,3 +91,45 @@ fn a_damaged_header_quarantines_the_segment() {
     let missing = check_nothing_wrong_served(&store);
     assert!(missing > 0 && missing < KEYS);
 }
+
+/// A second damaged header in the same slot is quarantined beside the
+/// first, which is kept as it was (it replaced it: the records kept for
+/// inspection were lost).
+#[test]
+fn a_second_quarantine_of_a_slot_keeps_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path());
+    fs::remove_file(dir.path().join("index.hint")).unwrap();
+    flip_in_first_segment(dir.path(), 17);
+    let (mut store, report) = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    let first = fs::read(dir.path().join("000000.seg.corrupt")).unwrap();
+    // Slot 0 is free again: write until a new segment takes it.
+    let mut k = 0u32;
+    while !dir.path().join("000000.seg").exists() {
+        store.set(format!("more{k}").as_bytes(), &[9u8; 500], SetOptions::default()).unwrap();
+        k += 1;
+        assert!(k < 10_000, "no new segment took slot 0");
+    }
+    store.close().unwrap();
+    fs::remove_file(dir.path().join("index.hint")).unwrap();
+    flip_in_first_segment(dir.path(), 17);
+    let (_store, report) = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(report.quarantined, vec![dir.path().join("000000.seg.corrupt.1")], "{report:?}");
+    assert_eq!(fs::read(dir.path().join("000000.seg.corrupt")).unwrap(), first, "the first is kept as it was");
+}
+
+/// A segment file left empty (a crash between its creation and its
+/// preallocation) is deleted at the next open, not quarantined.
+#[test]
+fn an_empty_segment_file_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path());
+    fs::remove_file(dir.path().join("index.hint")).unwrap();
+    let empty = dir.path().join("000099.seg");
+    fs::write(&empty, b"").unwrap();
+    let (store, report) = Store::open(dir.path(), config()).unwrap();
+    assert!(report.quarantined.is_empty() && report.corrupt.is_empty(), "{report:?}");
+    assert!(!empty.exists() && !dir.path().join("000099.seg.corrupt").exists());
+    assert_eq!(check_nothing_wrong_served(&store), 0);
+}
