@@ -1,11 +1,12 @@
 //! RESP commands (arrays and inline): never panics, never consumes a
-//! partial command, a parsed command re-encodes to the same arguments, and
-//! the short way for GET and SET agrees with the general parser.
+//! partial command, a parsed command re-encodes to the same arguments, the
+//! short way for GET and SET agrees with the general parser, and bytes fed
+//! in pieces (the parser resuming where it stopped) parse as they do whole.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use net::resp::{parse_command, parse_get_set, put_command};
+use net::resp::{parse_command, parse_command_resuming, parse_get_set, put_command, Progress};
 use net::Limits;
 
 fuzz_target!(|data: &[u8]| {
@@ -44,4 +45,28 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => break,
         }
     }
+    // The same bytes in pieces of 1 to 16 bytes.
+    let whole = {
+        let mut buf = BytesMut::from(data);
+        let mut out = Vec::new();
+        while let Ok(Some(args)) = parse_command(&mut buf, &limits) {
+            out.push(args);
+        }
+        out
+    };
+    let step = 1 + data.first().map_or(0, |&b| b as usize % 16);
+    let mut buf = BytesMut::new();
+    let mut progress = Progress::default();
+    let mut pieces = Vec::new();
+    'feed: for chunk in data.chunks(step) {
+        buf.extend_from_slice(chunk);
+        loop {
+            match parse_command_resuming(&mut buf, &limits, &mut progress) {
+                Ok(Some(args)) => pieces.push(args),
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    assert_eq!(&pieces[..], &whole[..pieces.len().min(whole.len())], "pieces parse as the whole does");
 });

@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::limits::FRAME_DEFAULT_MAX_BYTES;
 use crate::native::{self, set_flags, FrameError, KeyOpWire, RequestBody, Response, Status};
 
 /// Everything a client call can fail with.
@@ -137,7 +136,7 @@ impl Connection {
         let timeout = self.timeout;
         let expected = self.in_flight.front().copied().ok_or(ClientError::Unexpected("nothing in flight".into()))?;
         loop {
-            if let Some(resp) = native::decode_response(&mut self.inbuf, FRAME_DEFAULT_MAX_BYTES)? {
+            if let Some(resp) = native::decode_response(&mut self.inbuf, native::RESPONSE_MAX_BYTES)? {
                 // An error about a malformed frame may carry id 0.
                 if resp.id != expected && !(resp.id == 0 && resp.status == Status::Error) {
                     return Err(ClientError::OutOfOrder { expected, got: resp.id });

@@ -154,12 +154,21 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut hash_buf: Vec<Option<engine::KeyHash>> = Vec::new();
     // The start of the batch under way, if any.
     let mut batch_started: Option<Instant> = None;
+    // When the request at the front of the buffer, still incomplete, must
+    // have arrived. It is set when the connection first waits for the rest
+    // of it and cleared once a batch served a request: a client trickling a
+    // byte now and then does not move it (it kept half a frame, and the
+    // buffer reserved for it, open forever).
+    let mut partial_deadline: Option<tokio::time::Instant> = None;
     loop {
         if !resume {
             // Idle connections may wait forever; one holding half a request
             // may not.
-            let partial_deadline =
-                (!inbuf.is_empty()).then(|| tokio::time::Instant::now() + limits.partial_request_timeout);
+            if inbuf.is_empty() {
+                partial_deadline = None;
+            } else if partial_deadline.is_none() {
+                partial_deadline = Some(tokio::time::Instant::now() + limits.partial_request_timeout);
+            }
             let stalled = async {
                 match partial_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -228,6 +237,10 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             if last {
                 break;
             }
+        }
+        if !jobs.is_empty() {
+            // A request was served: what is left starts its own clock.
+            partial_deadline = None;
         }
         // The index hash of each local one-key job of a batch (`None` for
         // the others), computed once for the prefetch and the execution.

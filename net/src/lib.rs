@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod glob;
 pub mod limits;
 pub mod metrics;
 pub mod native;

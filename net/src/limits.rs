@@ -30,6 +30,41 @@ pub const CONNECTIONS_PER_SHARD_DEFAULT_MAX: usize = 10_000;
 pub const PIPELINE_BATCH_DEFAULT_MAX: usize = 1024;
 pub const PARTIAL_REQUEST_DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Most a decoder reserves ahead for a frame whose length it has read but
+/// whose bytes have not all arrived. A declared length then costs nothing
+/// before its bytes come: a 17-byte RESP header declaring a 64 MiB bulk
+/// string reserved 64 MiB at once, on every connection that sent one. The
+/// buffer still grows as the bytes arrive (it at least doubles each time it
+/// grows), so a large value is copied a bounded number of times.
+pub const RESERVE_AHEAD_MAX_BYTES: usize = 1 << 20;
+
+/// Makes room in `buf` towards a frame that ends at `frame_end`, at most
+/// [`RESERVE_AHEAD_MAX_BYTES`] past what is there.
+pub fn reserve_ahead(buf: &mut bytes::BytesMut, frame_end: usize) {
+    buf.reserve(frame_end.saturating_sub(buf.len()).min(RESERVE_AHEAD_MAX_BYTES));
+}
+
+/// Largest request (a native frame, a RESP bulk string) and most RESP
+/// arguments a connection may send before it authenticates, when a
+/// password is set: it may only PING and AUTH, and a password is short.
+/// Redis limits such connections the same way (16 KiB bulk strings, 10
+/// arguments: CVE-2021-32675), so that connections that never authenticate
+/// cannot make the server hold large buffers.
+pub const UNAUTHENTICATED_FRAME_MAX_BYTES: usize = 16 << 10;
+pub const UNAUTHENTICATED_ARGS_MAX: usize = 10;
+
+impl Limits {
+    /// These limits as they apply before AUTH (see
+    /// [`UNAUTHENTICATED_FRAME_MAX_BYTES`]).
+    pub fn unauthenticated(&self) -> Limits {
+        Limits {
+            frame_max_bytes: self.frame_max_bytes.min(UNAUTHENTICATED_FRAME_MAX_BYTES),
+            args_max: self.args_max.min(UNAUTHENTICATED_ARGS_MAX),
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

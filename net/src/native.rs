@@ -209,6 +209,16 @@ impl KeyOpWire {
     }
 }
 
+/// Longest response frame (after its length prefix) a server sends and
+/// the client library takes; a longer one is replaced by an error.
+pub const RESPONSE_MAX_BYTES: usize = 512 << 20;
+
+/// Longest ttl a SET or an EXPIRE may give (2^62 ms, 146 million years):
+/// the expiry it sets, now plus the ttl, and so every TTL reply, stay
+/// within an i64. (2^63 stored an expiry that TTL then reported as a
+/// negative number of ms.)
+pub const TTL_MAX_MS: u64 = 1 << 62;
+
 /// Why bytes are not a valid request. After any of these the connection
 /// is answered with an error and closed: framing cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -299,7 +309,7 @@ pub fn decode_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Requ
         return Err((0, FrameError::TooShort { len }));
     }
     if buf.len() < LEN_BYTES + len {
-        buf.reserve(LEN_BYTES + len - buf.len());
+        crate::limits::reserve_ahead(buf, LEN_BYTES + len);
         return Ok(None);
     }
     buf.advance(LEN_BYTES);
@@ -357,11 +367,20 @@ fn decode_body(op: Opcode, flags: u8, f: &mut Bytes, limits: &Limits) -> Result<
             if flags & set_flags::KEEPTTL != 0 && ttl_ms != 0 {
                 return Err(bad("KEEPTTL with a ttl"));
             }
+            if ttl_ms > TTL_MAX_MS {
+                return Err(bad("ttl too large"));
+            }
             RequestBody::Key(KeyOpWire::Set { key: k, value: v, ttl_ms, flags })
         }
         Opcode::Del => RequestBody::Key(KeyOpWire::Del(key(f)?)),
         Opcode::Exists => RequestBody::Key(KeyOpWire::Exists(key(f)?)),
-        Opcode::Expire => RequestBody::Key(KeyOpWire::Expire { key: key(f)?, ttl_ms: u64_field(f)? }),
+        Opcode::Expire => {
+            let (key, ttl_ms) = (key(f)?, u64_field(f)?);
+            if ttl_ms > TTL_MAX_MS {
+                return Err(bad("ttl too large"));
+            }
+            RequestBody::Key(KeyOpWire::Expire { key, ttl_ms })
+        }
         Opcode::Ttl => RequestBody::Key(KeyOpWire::Ttl(key(f)?)),
         Opcode::MGet => {
             let n = count(f)?;
@@ -408,6 +427,14 @@ pub fn put_response(out: &mut BytesMut, status: Status, id: u32, body: impl FnOn
     out.put_u8(0);
     out.put_u32_le(id);
     body(out);
+    let len = out.len() - start - LEN_BYTES;
+    if len > RESPONSE_MAX_BYTES {
+        // An MGET of many large values: its length would not fit the
+        // prefix (past 4 GiB it was cut to 32 bits, and the stream with
+        // it), and no client would take it.
+        out.truncate(start);
+        return put_error(out, id, &format!("reply of {len} bytes exceeds the limit of {RESPONSE_MAX_BYTES}"));
+    }
     finish_frame(out, start);
 }
 
@@ -442,7 +469,7 @@ pub fn put_result(out: &mut BytesMut, id: u32, result: &OpResult) {
             o.put_i64_le(match ttl {
                 Ttl::Missing => -2,
                 Ttl::Persistent => -1,
-                Ttl::Remaining { ms } => *ms as i64,
+                Ttl::Remaining { ms } => i64::try_from(*ms).unwrap_or(i64::MAX),
             })
         }),
         OpResult::Stats(_) => put_error(out, id, "stats are not a key result"),
@@ -539,7 +566,7 @@ pub fn decode_response(buf: &mut BytesMut, frame_max_bytes: usize) -> Result<Opt
         return Err(FrameError::TooShort { len });
     }
     if buf.len() < LEN_BYTES + len {
-        buf.reserve(LEN_BYTES + len - buf.len());
+        crate::limits::reserve_ahead(buf, LEN_BYTES + len);
         return Ok(None);
     }
     buf.advance(LEN_BYTES);

@@ -38,7 +38,8 @@ impl Protocol for Native {
         if let Some((cut, shape)) = self.parse_cut(buf, shard) {
             return Some(Job::Key(crate::conn::cut_get_set(buf, cut), shape));
         }
-        let request = match native::decode_request(buf, &shared.limits) {
+        let limits = shared.request_limits(self.authenticated);
+        let request = match native::decode_request(buf, &limits) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err((id, err)) => {

@@ -118,6 +118,16 @@ impl Shared {
         }
     }
 
+    /// The limits a connection's requests are parsed with: smaller until
+    /// it authenticates, when a password is set (`Limits::unauthenticated`).
+    pub fn request_limits(&self, authenticated: bool) -> std::borrow::Cow<'_, Limits> {
+        if self.requirepass.is_some() && !authenticated {
+            std::borrow::Cow::Owned(self.limits.unauthenticated())
+        } else {
+            std::borrow::Cow::Borrowed(&self.limits)
+        }
+    }
+
     pub fn total_commands(&self) -> u64 {
         self.counters.iter().map(|c| c.commands.load(Ordering::Relaxed)).sum()
     }

@@ -81,8 +81,10 @@ impl Node {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let ok = rt.block_on(async {
-                let mut c =
-                    Client::connect(self.native, ClientConfig { attempts: 1, ..ClientConfig::default() }).await?;
+                // Not shard-aware: PING is all it sends (a node with
+                // --requirepass answers nothing else before AUTH).
+                let config = ClientConfig { attempts: 1, shard_aware: false, ..ClientConfig::default() };
+                let mut c = Client::connect(self.native, config).await?;
                 c.ping().await
             });
             match ok {
