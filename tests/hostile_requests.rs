@@ -98,6 +98,24 @@ fn hostile_requests_are_answered_and_the_server_stays_up() {
         assert!(closed, "a trickling client is closed within 5 s");
     }
 
+    // A large value arriving slowly but steadily (64 KiB every 150 ms,
+    // twice the timeout in all) is not cut off.
+    {
+        let value = vec![b'z'; 1 << 20];
+        let mut encoded = bytes::BytesMut::new();
+        net::resp::put_command(&mut encoded, &[b"SET", b"slow", &value]);
+        let mut slow = TcpStream::connect(node.resp).unwrap();
+        for piece in encoded.chunks(64 << 10) {
+            slow.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let mut reply = [0u8; 5];
+        slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        slow.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+        assert_eq!(c.call(&["STRLEN", "slow"]), Reply::Int(1 << 20));
+    }
+
     // MSET checks every pair's size before it writes any.
     let too_big = "x".repeat((16 << 20) + 1);
     let err = error_text(&c.call(&["MSET", "first", "1", "second", &too_big]));

@@ -3,9 +3,11 @@
 //!
 //! Rules, in the order they apply:
 //! 1. Segments below the flush floor (FLUSHALL) are deleted.
-//! 2. A segment whose header is all zeros was being created when the
-//!    process died: it holds nothing and is deleted. Any other bad header
-//!    is renamed `*.corrupt`, kept for inspection, and reported.
+//! 2. A segment whose header is all zeros (or that is shorter than a
+//!    header, all zeros) was being created when the process died: it holds
+//!    nothing and is deleted. Any other bad header is renamed `*.corrupt`
+//!    (`*.corrupt.N` beside earlier ones of the slot), kept for inspection,
+//!    and reported.
 //! 3. A valid checkpoint that matches the segments exactly gives the index.
 //! 4. Otherwise segments are scanned oldest first, every CRC checked; the
 //!    newest version of a key wins and tombstones hide older versions.
@@ -55,7 +57,8 @@ pub struct RecoveryReport {
     pub corrupt: Vec<Damage>,
     /// Torn tails cut off the end of unsealed segments.
     pub torn: Vec<Damage>,
-    /// Segment files with unreadable headers, renamed `*.corrupt`.
+    /// Segment files with unreadable headers, renamed `*.corrupt` (or
+    /// `*.corrupt.N`).
     pub quarantined: Vec<PathBuf>,
     pub duration: Duration,
 }
@@ -481,7 +484,7 @@ const QUARANTINED_PER_SLOT_MAX: usize = 1000;
 fn quarantine(path: &Path, problem: &str, report: &mut RecoveryReport) -> Result<()> {
     let to = (0..QUARANTINED_PER_SLOT_MAX)
         .map(|n| path.with_extension(if n == 0 { "seg.corrupt".to_string() } else { format!("seg.corrupt.{n}") }))
-        .find(|to| fs::symlink_metadata(to).is_err())
+        .find(|to| fs::symlink_metadata(to).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound))
         .ok_or_else(|| Error::BadSegment {
             path: path.to_path_buf(),
             problem: format!("{problem}; {QUARANTINED_PER_SLOT_MAX} files of this slot are quarantined already"),

@@ -117,6 +117,12 @@ pub trait Protocol {
     fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes);
 }
 
+/// Bytes of an incomplete request that must arrive within the partial
+/// request timeout for its clock to start again: a large value on a slow
+/// link (64 KiB per 30 s by default, about 2 KiB/s) is not cut off, a
+/// trickle of single bytes is.
+const PARTIAL_PROGRESS_MIN_BYTES: usize = 64 << 10;
+
 /// A reply not yet written because an earlier one is still awaited.
 #[derive(Debug)]
 enum Pending<S> {
@@ -154,21 +160,25 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
     let mut hash_buf: Vec<Option<engine::KeyHash>> = Vec::new();
     // The start of the batch under way, if any.
     let mut batch_started: Option<Instant> = None;
-    // When the request at the front of the buffer, still incomplete, must
-    // have arrived. It is set when the connection first waits for the rest
-    // of it and cleared once a batch served a request: a client trickling a
-    // byte now and then does not move it (it kept half a frame, and the
-    // buffer reserved for it, open forever).
-    let mut partial_deadline: Option<tokio::time::Instant> = None;
+    // When more of the incomplete request at the front of the buffer must
+    // have arrived, and the buffer's length when that clock started. The
+    // clock starts when the connection first waits for the rest of a
+    // request; it starts again once `PARTIAL_PROGRESS_MIN_BYTES` more have
+    // come (a large value on a slow link), and it stops once a batch served
+    // a request. A client trickling a byte now and then does not move it
+    // (restarted at every read, it kept half a frame, and the buffer
+    // reserved for it, open forever).
+    let mut partial: Option<(tokio::time::Instant, usize)> = None;
     loop {
         if !resume {
             // Idle connections may wait forever; one holding half a request
             // may not.
-            if inbuf.is_empty() {
-                partial_deadline = None;
-            } else if partial_deadline.is_none() {
-                partial_deadline = Some(tokio::time::Instant::now() + limits.partial_request_timeout);
-            }
+            partial = match partial {
+                _ if inbuf.is_empty() => None,
+                Some((at, from)) if inbuf.len() < from + PARTIAL_PROGRESS_MIN_BYTES => Some((at, from)),
+                _ => Some((tokio::time::Instant::now() + limits.partial_request_timeout, inbuf.len())),
+            };
+            let partial_deadline = partial.map(|(at, _)| at);
             let stalled = async {
                 match partial_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -240,7 +250,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         }
         if !jobs.is_empty() {
             // A request was served: what is left starts its own clock.
-            partial_deadline = None;
+            partial = None;
         }
         // The index hash of each local one-key job of a batch (`None` for
         // the others), computed once for the prefetch and the execution.

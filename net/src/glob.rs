@@ -1,8 +1,9 @@
 //! Redis-style glob patterns, as KEYS, SCAN MATCH and CONFIG GET take
 //! them: `*` (any run of bytes), `?` (any one byte), `[abc]`, `[a-z]` and
 //! `[^abc]` (one byte in, or not in, a class), and `\x` (the byte `x`).
-//! A class that is never closed runs to the end of the pattern, and a
-//! reversed range (`[z-a]`) is the same as `[a-z]`, as in Redis.
+//! A class that is never closed runs to the end of the pattern, a reversed
+//! range (`[z-a]`) is the same as `[a-z]`, and the empty key matches only
+//! `*` and the empty pattern, as in Redis's KEYS and SCAN.
 //!
 //! Matching is iterative and remembers only the last `*`: every other
 //! token matches exactly one byte, so when the text after a `*` fails, the
@@ -41,6 +42,12 @@ impl<'p> Glob<'p> {
     pub fn matches(&self, text: &[u8]) -> bool {
         if text.len() < self.bytes_min {
             return false;
+        }
+        if text.is_empty() {
+            // Redis's matcher takes nothing but the empty pattern for the
+            // empty key; its KEYS and SCAN list every key for `*` without
+            // calling it.
+            return self.pattern.is_empty() || self.pattern == b"*";
         }
         let p = self.pattern;
         let (mut pi, mut ti) = (0, 0);
@@ -136,6 +143,8 @@ mod tests {
         let cases: &[(&[u8], &[u8], bool)] = &[
             (b"*", b"anything", true),
             (b"*", b"", true),
+            (b"**", b"", false),
+            (b"?*", b"", false),
             (b"", b"", true),
             (b"", b"a", false),
             (b"max*", b"maxmemory", true),
@@ -176,14 +185,21 @@ mod tests {
     /// A recursive matcher, exponential but obviously right, to check the
     /// iterative one against on small random inputs.
     fn reference(p: &[u8], t: &[u8]) -> bool {
+        if t.is_empty() {
+            return p.is_empty() || p == b"*";
+        }
+        reference_nonempty(p, t)
+    }
+
+    fn reference_nonempty(p: &[u8], t: &[u8]) -> bool {
         match p.first() {
             None => t.is_empty(),
-            Some(b'*') => reference(&p[1..], t) || (!t.is_empty() && reference(p, &t[1..])),
+            Some(b'*') => reference_nonempty(&p[1..], t) || (!t.is_empty() && reference_nonempty(p, &t[1..])),
             Some(_) => match t.first() {
                 None => false,
                 Some(&byte) => {
                     let (next, hit) = token(p, 0, byte);
-                    hit && reference(&p[next..], &t[1..])
+                    hit && reference_nonempty(&p[next..], &t[1..])
                 }
             },
         }

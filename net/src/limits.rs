@@ -55,10 +55,12 @@ pub const UNAUTHENTICATED_ARGS_MAX: usize = 10;
 
 impl Limits {
     /// These limits as they apply before AUTH (see
-    /// [`UNAUTHENTICATED_FRAME_MAX_BYTES`]).
-    pub fn unauthenticated(&self) -> Limits {
+    /// [`UNAUTHENTICATED_FRAME_MAX_BYTES`]), with room for an AUTH of a
+    /// password `password_bytes` long.
+    pub fn unauthenticated(&self, password_bytes: usize) -> Limits {
+        let frame_max_bytes = UNAUTHENTICATED_FRAME_MAX_BYTES.max(password_bytes.saturating_add(1024));
         Limits {
-            frame_max_bytes: self.frame_max_bytes.min(UNAUTHENTICATED_FRAME_MAX_BYTES),
+            frame_max_bytes: self.frame_max_bytes.min(frame_max_bytes),
             args_max: self.args_max.min(UNAUTHENTICATED_ARGS_MAX),
             ..self.clone()
         }

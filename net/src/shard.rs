@@ -121,10 +121,9 @@ impl Shared {
     /// The limits a connection's requests are parsed with: smaller until
     /// it authenticates, when a password is set (`Limits::unauthenticated`).
     pub fn request_limits(&self, authenticated: bool) -> std::borrow::Cow<'_, Limits> {
-        if self.requirepass.is_some() && !authenticated {
-            std::borrow::Cow::Owned(self.limits.unauthenticated())
-        } else {
-            std::borrow::Cow::Borrowed(&self.limits)
+        match &self.requirepass {
+            Some(secret) if !authenticated => std::borrow::Cow::Owned(self.limits.unauthenticated(secret.len())),
+            _ => std::borrow::Cow::Borrowed(&self.limits),
         }
     }
 
