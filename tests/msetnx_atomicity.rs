@@ -1,11 +1,16 @@
-//! MSETNX is all or nothing across shards, against a concurrent writer and
-//! a concurrent reader. Each round, on fresh keys spread over four shards:
-//! one client sends MSETNX k0..k5, another SETNX k5 at the same moment, a
-//! third MGETs all six. Exactly one of MSETNX and SETNX wins k5; when
-//! SETNX wins, none of k0..k4 exists. The reader GETs k4, k3, ..., k0 one
-//! after the other: once it has seen one of them set, every later GET sees
-//! its key set too (MGET is not used here: across shards it is not a
-//! snapshot, in ringkv as for MSET).
+//! MSETNX and MSET are all or nothing across shards.
+//!
+//! MSETNX, against a concurrent writer and a concurrent reader. Each round,
+//! on fresh keys spread over four shards: one client sends MSETNX k0..k5,
+//! another SETNX k5 at the same moment, a third GETs them. Exactly one of
+//! MSETNX and SETNX wins k5; when SETNX wins, none of k0..k4 exists. The
+//! reader GETs k4, k3, ..., k0 one after the other: once it has seen one of
+//! them set, every later GET sees its key set too (MGET is not used here:
+//! across shards it is not a snapshot).
+//!
+//! MSET, against another MSET of the same keys at the same moment: one of
+//! them is last on every key, never the one on some shards and the other
+//! on the rest.
 
 mod common;
 
@@ -82,4 +87,40 @@ fn msetnx_is_all_or_nothing_against_a_concurrent_writer() {
     }
     eprintln!("MSETNX won {m_won} rounds, SETNX won {w_won}");
     assert_eq!(m_won + w_won, ROUNDS);
+}
+
+#[test]
+fn two_msets_of_the_same_keys_never_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &["--shards", "4"]);
+    let barrier = Arc::new(Barrier::new(2));
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|value| {
+            let barrier = barrier.clone();
+            let addr = node.resp;
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                for round in 0..ROUNDS {
+                    let ks = keys(round);
+                    let mut args = vec!["MSET"];
+                    for k in &ks {
+                        args.extend([k.as_str(), value]);
+                    }
+                    barrier.wait();
+                    assert_eq!(c.call(&args), Reply::Simple(Bytes::from("OK")));
+                }
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    let mut check = Conn::connect(node.resp);
+    for round in 0..ROUNDS {
+        let ks = keys(round);
+        let mut args = vec!["MGET"];
+        args.extend(ks.iter().map(String::as_str));
+        let Reply::Array(Some(values)) = check.call(&args) else { panic!("array") };
+        assert!(values.iter().all(|v| *v == values[0]), "round {round}: the two MSETs interleaved: {values:?}");
+        assert_ne!(values[0], Reply::Bulk(None));
+    }
 }

@@ -527,7 +527,12 @@ impl Store {
         }
     }
 
-    fn check_writable(&self, key: &[u8], value_len: usize) -> Result<()> {
+    /// Whether a write of `key` with a value `value_len` bytes long would
+    /// be refused before it touches the log: the store poisoned, the key
+    /// or the value too long. (Whether it fits under a memory bound is
+    /// only known when it is written.) A caller writing several keys that
+    /// must all be written or none checks each first.
+    pub fn check_writable(&self, key: &[u8], value_len: usize) -> Result<()> {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }

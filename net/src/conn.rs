@@ -33,9 +33,12 @@ pub enum Job<S> {
     Shards(ShardOp, S),
     /// One operation on one shard (a SCAN step).
     Shard(usize, ShardOp, S),
-    /// MSETNX: all pairs written, or none (see `txn`). Later requests of
-    /// the connection wait until it is decided.
-    MSetNx(Vec<(bytes::Bytes, bytes::Bytes)>, S),
+    /// MSET, or MSETNX (`only_if_absent`): all pairs written, or none
+    /// (see `txn`). `local` is set by the connection loop: every key is
+    /// this shard's and it holds no reservation, so the pairs are written
+    /// in line; otherwise later requests of the connection wait until the
+    /// exchange with the other shards has decided it.
+    MSet { pairs: Vec<(bytes::Bytes, bytes::Bytes)>, only_if_absent: bool, local: bool, shape: S },
     /// A plain GET or SET whose bytes stay in the read buffer (made by the
     /// connection loop from `Protocol::parse_cut`, never by `parse`).
     Cut(CutAt, S),
@@ -236,13 +239,16 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                 runs.push(inbuf.split_to(cut).freeze());
                 cut = 0;
             }
-            let Some(job) = proto.parse(&mut inbuf, &shard) else {
+            let Some(mut job) = proto.parse(&mut inbuf, &shard) else {
                 resume = false;
                 break;
             };
-            // Both end the batch: QUIT closes, MSETNX must be decided before
-            // the requests after it are parsed.
-            let last = matches!(job, Job::ReplyAndClose(_) | Job::MSetNx(..));
+            if let Job::MSet { pairs, local, .. } = &mut job {
+                *local = shard.runs_directly() && pairs.iter().all(|(k, _)| shard.shared.shard_of(k) == shard.id);
+            }
+            // Both end the batch: QUIT closes, an MSET across shards must be
+            // decided before the requests after it are parsed.
+            let last = matches!(job, Job::ReplyAndClose(_) | Job::MSet { local: false, .. });
             jobs.push(job);
             if last {
                 break;
@@ -376,9 +382,14 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
                     }
                 }
-                Job::MSetNx(pairs, shape) => {
+                Job::MSet { pairs, only_if_absent, local: true, shape } => {
+                    let result = shard.with_store(|s| crate::txn::apply(s, &pairs, only_if_absent));
+                    wrote |= result == OpResult::Existed(false);
+                    emit(&mut proto, &shard, &mut pending, &mut out, shape, std::slice::from_ref(&result));
+                }
+                Job::MSet { pairs, only_if_absent, local: false, shape } => {
                     let (tx, rx) = oneshot::channel();
-                    tokio::task::spawn_local(crate::txn::msetnx(shard.clone(), pairs, tx));
+                    tokio::task::spawn_local(crate::txn::mset(shard.clone(), pairs, only_if_absent, tx));
                     pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
                     // Requests after it wait for its answer (resume below).
                     break;

@@ -78,19 +78,9 @@ impl Protocol for Native {
             RequestBody::MGet(keys) => {
                 Job::Keys(keys.into_iter().map(|key| KeyOp::Get { key }).collect(), Shape::MGet { id })
             }
-            RequestBody::MSet(pairs) => Job::Keys(
-                pairs
-                    .into_iter()
-                    .map(|(key, value)| KeyOp::Set {
-                        key,
-                        value,
-                        expiry: engine::SetExpiry::None,
-                        condition: engine::Condition::Always,
-                        return_old: false,
-                    })
-                    .collect(),
-                Shape::MSet { id },
-            ),
+            RequestBody::MSet(pairs) => {
+                Job::MSet { pairs, only_if_absent: false, local: false, shape: Shape::MSet { id } }
+            }
             RequestBody::Ping => Job::Reply(Shape::Status { id, status: Status::Ok }),
             RequestBody::Stats => Job::Shards(ShardOp::Stats, Shape::Stats { id }),
             RequestBody::Auth(given) => Job::Reply(match &shared.requirepass {

@@ -688,7 +688,9 @@ fn wrap(job: Job<Form>, command: Option<usize>, rejected: bool) -> Job<Shape> {
         Job::Keys(ops, f) => Job::Keys(ops, shape(f)),
         Job::Shards(op, f) => Job::Shards(op, shape(f)),
         Job::Shard(i, op, f) => Job::Shard(i, op, shape(f)),
-        Job::MSetNx(pairs, f) => Job::MSetNx(pairs, shape(f)),
+        Job::MSet { pairs, only_if_absent, local, shape: f } => {
+            Job::MSet { pairs, only_if_absent, local, shape: shape(f) }
+        }
         Job::Cut(at, f) => Job::Cut(at, shape(f)),
     }
 }
@@ -920,22 +922,6 @@ fn render_form(form: &Form, results: &[OpResult], shard: &Shard, out: &mut Bytes
     }
 }
 
-/// The first key or value of MSET's pairs that the store would refuse
-/// for its size, as the store's error.
-fn oversize_pair(pairs: &[Bytes], shard: &Shard) -> Option<engine::Error> {
-    let value_limit = shard.with_store(|s| s.value_len_max_bytes());
-    pairs.chunks_exact(2).find_map(|pair| {
-        let (key, value) = (pair[0].len(), pair[1].len());
-        if key > engine::record::KEY_LEN_MAX_BYTES {
-            Some(engine::Error::KeyTooLarge { len: key, limit: engine::record::KEY_LEN_MAX_BYTES })
-        } else if value > value_limit {
-            Some(engine::Error::ValueTooLarge { len: value, limit: value_limit })
-        } else {
-            None
-        }
-    })
-}
-
 /// Whether AUTH's or HELLO's user (the default one when not given) and
 /// password are right. As in Redis 7, the only user is `default`, and with
 /// no password configured it takes any (it is `nopass`). The password is
@@ -1037,18 +1023,14 @@ impl Resp {
             "mget" => Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Form::Values),
             "mset" | "msetnx" if argc % 2 == 0 => reply(wrong_args(name)),
             "mset" | "msetnx" => {
-                // Every pair is checked before any is written: a value over
-                // the limit after the first pair wrote that pair, then failed.
-                if let Some(err) = oversize_pair(&args[1..], shard) {
-                    return reply(Form::Error(store_error(&err.to_string())));
-                }
-                let pairs = args[1..].chunks_exact(2);
-                if name == "mset" {
-                    let set =
-                        |p: &[Bytes]| set_op(p[0].clone(), p[1].clone(), SetExpiry::None, Condition::Always, false);
-                    Job::Keys(pairs.map(set).collect(), Form::Ok)
-                } else {
-                    Job::MSetNx(pairs.map(|p| (p[0].clone(), p[1].clone())).collect(), Form::MSetNx)
+                // Every pair is checked before any is written, on every
+                // shard (`txn`).
+                let only_if_absent = name == "msetnx";
+                Job::MSet {
+                    pairs: args[1..].chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+                    only_if_absent,
+                    local: false,
+                    shape: if only_if_absent { Form::MSetNx } else { Form::Ok },
                 }
             }
             "del" | "unlink" => {

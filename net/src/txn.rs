@@ -1,27 +1,32 @@
-//! MSETNX across shards, all or nothing, with no lock shared between
-//! shards: a two-phase exchange through the shard inboxes.
+//! MSET and MSETNX across shards, all or nothing, with no lock shared
+//! between shards: a two-phase exchange through the shard inboxes.
 //!
 //! 1. **Prepare**, one owning shard at a time in shard order: the shard
-//!    checks that its keys are absent and not reserved, then *reserves*
-//!    them and keeps their values. A prepare that meets a key reserved by
-//!    another MSETNX waits (parked) until that one commits or aborts.
-//! 2. **Commit** (every shard said absent) writes the kept values and
-//!    releases the reservations; **Abort** only releases them.
+//!    checks that its keys can be written (their sizes; for MSETNX, that
+//!    they are absent) and not reserved, then *reserves* them and keeps
+//!    their values. A prepare that meets a key reserved by another one
+//!    waits (parked) until that one commits or aborts.
+//! 2. **Commit** (every shard agreed) writes the kept values and releases
+//!    the reservations; **Abort** only releases them.
 //!
 //! While a key is reserved, every other request that touches it, read or
 //! write, is parked on its shard and runs right after the commit or abort,
 //! in arrival order. So no one sees the new keys on one shard and not yet
-//! on another, and no write slips between the check and the write.
-//! Prepares go in shard order, so a chain of waiting MSETNXs always waits
-//! on higher shard indexes: no cycle, no deadlock.
+//! on another, no write slips between the check and the write, and two
+//! MSETs of the same keys never interleave (one's values on one shard and
+//! the other's on another), as Redis's MSET never does.
+//! Prepares go in shard order, so a chain of waiting transactions always
+//! waits on higher shard indexes: no cycle, no deadlock.
 //!
 //! The normal request path pays one `is_empty` check: a shard with no
 //! reservation executes local requests directly, as before; a shard with
 //! some sends its own connections' requests through its own inbox, where
 //! the parking happens.
 //!
-//! A key owned by a single shard needs no exchange: one `Apply` step checks
-//! and writes in one go on the shard's thread.
+//! Keys owned by a single shard need no exchange: one `Apply` step checks
+//! and writes in one go on the shard's thread, and a connection whose
+//! shard owns them all and holds no reservation runs that step itself
+//! (`apply`), in line with its other requests.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -33,18 +38,19 @@ use tokio::sync::oneshot;
 use crate::op::{self, KeyOp, OpResult, ShardOp};
 use crate::shard::{Envelope, Shard, Work};
 
-/// A step of an MSETNX, executed by the owning shard.
+/// A step of an MSET or MSETNX, executed by the owning shard.
 #[derive(Debug)]
 pub enum TxnStep {
-    /// Reserve these keys for `txn` if all are absent; answers
-    /// `Existed(true)` when one exists (nothing reserved).
-    Prepare { txn: u64, pairs: Vec<(Bytes, Bytes)> },
+    /// Reserve these keys for `txn` if all can be written (and, with
+    /// `only_if_absent`, all are absent); answers `Existed(true)` when one
+    /// exists, an error when one cannot be written (nothing reserved).
+    Prepare { txn: u64, pairs: Vec<(Bytes, Bytes)>, only_if_absent: bool },
     /// Write what `txn` reserved here and release it.
     Commit { txn: u64 },
     /// Release what `txn` reserved here.
     Abort { txn: u64 },
-    /// Single-shard MSETNX: check and write in one step.
-    Apply { pairs: Vec<(Bytes, Bytes)> },
+    /// Keys of a single shard: check and write in one step.
+    Apply { pairs: Vec<(Bytes, Bytes)>, only_if_absent: bool },
 }
 
 /// One shard's reservations and the requests waiting on them.
@@ -78,10 +84,10 @@ impl Reservations {
         match work {
             Work::Keys(ops) => ops.iter().any(|o| self.held.contains_key(o.key())),
             Work::Shard(_) => false,
-            Work::Txn(TxnStep::Prepare { txn, pairs }) => {
+            Work::Txn(TxnStep::Prepare { txn, pairs, .. }) => {
                 pairs.iter().any(|(k, _)| self.held.get(k).is_some_and(|holder| holder != txn))
             }
-            Work::Txn(TxnStep::Apply { pairs }) => pairs.iter().any(|(k, _)| self.held.contains_key(k)),
+            Work::Txn(TxnStep::Apply { pairs, .. }) => pairs.iter().any(|(k, _)| self.held.contains_key(k)),
             Work::Txn(TxnStep::Commit { .. } | TxnStep::Abort { .. }) => false,
         }
     }
@@ -106,8 +112,8 @@ pub fn run_envelope(
         let mut res = shard.reservations.borrow_mut();
         if res.blocks(&envelope.work) {
             if res.parked.len() >= PARKED_MAX {
-                tracing::error!(shard = shard.id, "too many requests waiting on MSETNX reservations; refusing");
-                let _ = envelope.reply.send(vec![OpResult::Error("MSETNX reservations stuck".into())]);
+                tracing::error!(shard = shard.id, "too many requests waiting on MSET reservations; refusing");
+                let _ = envelope.reply.send(vec![OpResult::Error("MSET reservations stuck".into())]);
             } else {
                 res.parked.push_back(envelope);
             }
@@ -139,15 +145,15 @@ pub fn run_envelope(
     }
 }
 
-/// Executes one MSETNX step: (result, wrote, released reservations).
+/// Executes one MSET or MSETNX step: (result, wrote, released
+/// reservations).
 fn run_step(shard: &Shard, step: &TxnStep) -> (OpResult, bool, bool) {
-    let set = SetOptions { expiry: SetExpiry::None, condition: Condition::Always, return_old: false };
     match step {
-        TxnStep::Prepare { txn, pairs } => {
+        TxnStep::Prepare { txn, pairs, only_if_absent } => {
             if let Some(err) = shard.with_store(|s| refuse(s, pairs)) {
                 return (err, false, false);
             }
-            let exists = shard.with_store(|s| pairs.iter().any(|(k, _)| s.exists(k)));
+            let exists = *only_if_absent && shard.with_store(|s| pairs.iter().any(|(k, _)| s.exists(k)));
             if !exists {
                 let mut res = shard.reservations.borrow_mut();
                 for (k, _) in pairs {
@@ -160,60 +166,58 @@ fn run_step(shard: &Shard, step: &TxnStep) -> (OpResult, bool, bool) {
         TxnStep::Commit { txn } => {
             let pairs = shard.reservations.borrow_mut().release(*txn).unwrap_or_default();
             // Checked at prepare; a store that fails now (poisoned, full)
-            // is the one case that leaves a partial MSETNX.
-            let result = shard.with_store(|s| {
-                pairs
-                    .iter()
-                    .map(|(k, v)| s.set(k, v, set))
-                    .find_map(Result::err)
-                    .map_or(OpResult::Done, |e| OpResult::Error(e.to_string()))
-            });
+            // is the one case that leaves a partial write.
+            let result = shard.with_store(|s| write_all(s, &pairs)).map_or(OpResult::Done, OpResult::Error);
             (result, !pairs.is_empty(), true)
         }
         TxnStep::Abort { txn } => {
             shard.reservations.borrow_mut().release(*txn);
             (OpResult::Done, false, true)
         }
-        TxnStep::Apply { pairs } => {
-            if let Some(err) = shard.with_store(|s| refuse(s, pairs)) {
-                return (err, false, false);
-            }
-            let result = shard.with_store(|s| {
-                if pairs.iter().any(|(k, _)| s.exists(k)) {
-                    return OpResult::Existed(true);
-                }
-                pairs
-                    .iter()
-                    .map(|(k, v)| s.set(k, v, set))
-                    .find_map(Result::err)
-                    .map_or(OpResult::Existed(false), |e| OpResult::Error(e.to_string()))
-            });
+        TxnStep::Apply { pairs, only_if_absent } => {
+            let result = shard.with_store(|s| apply(s, pairs, *only_if_absent));
             let wrote = matches!(result, OpResult::Existed(false));
             (result, wrote, false)
         }
     }
 }
 
-/// Refuses up front what the store would refuse at commit time.
-fn refuse(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
-    let value_max = store.value_len_max_bytes();
-    pairs.iter().find_map(|(k, v)| {
-        if k.len() > engine::record::KEY_LEN_MAX_BYTES {
-            Some(OpResult::Error(
-                engine::Error::KeyTooLarge { len: k.len(), limit: engine::record::KEY_LEN_MAX_BYTES }.to_string(),
-            ))
-        } else if v.len() > value_max {
-            Some(OpResult::Error(engine::Error::ValueTooLarge { len: v.len(), limit: value_max }.to_string()))
-        } else {
-            None
-        }
-    })
+/// Writes pairs that all belong to `store`, all or none (as far as the
+/// store's own checks go): `Existed(false)` once written, `Existed(true)`
+/// when `only_if_absent` and one exists, or the error that refused them.
+/// The `Apply` step, and what a connection runs itself when its shard owns
+/// every key and holds no reservation.
+pub fn apply(store: &mut engine::Store, pairs: &[(Bytes, Bytes)], only_if_absent: bool) -> OpResult {
+    if let Some(err) = refuse(store, pairs) {
+        return err;
+    }
+    if only_if_absent && pairs.iter().any(|(k, _)| store.exists(k)) {
+        return OpResult::Existed(true);
+    }
+    write_all(store, pairs).map_or(OpResult::Existed(false), OpResult::Error)
 }
 
-/// Coordinates one MSETNX from the connection's shard and sends the
-/// result (`Existed(false)`: written, `Existed(true)`: a key existed) on
-/// `reply`. Runs as its own task so the connection only awaits `reply`.
-pub async fn msetnx(shard: Rc<Shard>, pairs: Vec<(Bytes, Bytes)>, reply: oneshot::Sender<Vec<OpResult>>) {
+/// Sets every pair, stopping at the first error (returned as text).
+fn write_all(store: &mut engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<String> {
+    let set = SetOptions { expiry: SetExpiry::None, condition: Condition::Always, return_old: false };
+    pairs.iter().map(|(k, v)| store.set(k, v, set)).find_map(Result::err).map(|e| e.to_string())
+}
+
+/// Refuses up front what the store would refuse at commit time.
+fn refuse(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
+    pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err()).map(|e| OpResult::Error(e.to_string()))
+}
+
+/// Coordinates one MSET (`only_if_absent` false) or MSETNX from the
+/// connection's shard and sends the result (`Existed(false)`: written,
+/// `Existed(true)`: a key existed, or an error) on `reply`. Runs as its own
+/// task so the connection only awaits `reply`.
+pub async fn mset(
+    shard: Rc<Shard>,
+    pairs: Vec<(Bytes, Bytes)>,
+    only_if_absent: bool,
+    reply: oneshot::Sender<Vec<OpResult>>,
+) {
     let mut groups: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
     for (k, v) in pairs {
         groups.entry(shard.shared.shard_of(&k)).or_default().push((k, v));
@@ -225,7 +229,7 @@ pub async fn msetnx(shard: Rc<Shard>, pairs: Vec<(Bytes, Bytes)>, reply: oneshot
     };
     if groups.len() == 1 {
         let (owner, pairs) = groups.into_iter().next().expect("one group");
-        let _ = reply.send(vec![ask(owner, TxnStep::Apply { pairs }).await]);
+        let _ = reply.send(vec![ask(owner, TxnStep::Apply { pairs, only_if_absent }).await]);
         return;
     }
     let txn = {
@@ -237,7 +241,7 @@ pub async fn msetnx(shard: Rc<Shard>, pairs: Vec<(Bytes, Bytes)>, reply: oneshot
     let mut prepared = Vec::new();
     let mut outcome = OpResult::Existed(false);
     for (owner, pairs) in groups {
-        match ask(owner, TxnStep::Prepare { txn, pairs }).await {
+        match ask(owner, TxnStep::Prepare { txn, pairs, only_if_absent }).await {
             OpResult::Existed(false) => prepared.push(owner),
             other => {
                 outcome = other;
