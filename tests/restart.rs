@@ -117,10 +117,39 @@ fn flush_threads_are_not_pinned_to_their_shard_core() {
     let first = process.split(['-', ',']).next().unwrap_or_default();
     let shard = threads.iter().find(|(c, _)| c == "shard-0").expect("shard thread");
     assert_eq!(shard.1, first, "the shard thread is pinned: {threads:?}");
-    let pool: Vec<_> = threads.iter().filter(|(c, _)| c.starts_with("tokio")).collect();
+    let pool: Vec<_> = threads.iter().filter(|(c, _)| c.starts_with("shard-0-io")).collect();
     assert!(!pool.is_empty(), "the flush ran on the blocking pool: {threads:?}");
     for (_, cpus) in pool {
         assert_eq!(cpus, &process, "a blocking thread keeps the CPUs of the process: {threads:?}");
     }
     assert!(node.stop().success());
+}
+
+/// A SIGTERM sent the moment the ready line is out is a clean shutdown
+/// too: the handler is in place before the server starts (the default
+/// action used to kill the process, exit 143, no checkpoint).
+#[test]
+fn sigterm_right_after_the_ready_line_is_a_clean_shutdown() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["serve", "--port", "0", "--resp-port", "0", "--shards", "2", "--no-pin", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready "), "{line:?}");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        for shard in ["shard-0", "shard-1"] {
+            let hint = dir.path().join(shard).join("index.hint");
+            assert!(hint.exists(), "the clean shutdown wrote {}", hint.display());
+        }
+    }
 }

@@ -39,12 +39,27 @@ pub enum ClientError {
     Server(String),
     #[error("unexpected reply: {0}")]
     Unexpected(String),
+    /// The key belongs to another node (a cluster whose ring changed).
+    #[error("key moved to {addr} (ring epoch {epoch})")]
+    Moved { epoch: u64, addr: String },
+    /// An earlier call on this connection failed half way (a timeout, a
+    /// reply out of order): a reply still on its way could answer the next
+    /// request, so the connection is not used again.
+    #[error("connection unusable after an earlier error")]
+    Broken,
 }
 
 impl ClientError {
     /// Errors after which the same request may succeed on a new attempt.
     fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Io(_) | ClientError::Timeout(_) | ClientError::Closed | ClientError::Connect { .. })
+        matches!(
+            self,
+            ClientError::Io(_)
+                | ClientError::Timeout(_)
+                | ClientError::Closed
+                | ClientError::Connect { .. }
+                | ClientError::Broken
+        )
     }
 }
 
@@ -85,6 +100,8 @@ pub struct Connection {
     /// Ids sent and not yet answered, oldest first.
     in_flight: std::collections::VecDeque<u32>,
     timeout: Duration,
+    /// A send or a read failed half way: see `ClientError::Broken`.
+    broken: bool,
 }
 
 impl Connection {
@@ -102,6 +119,7 @@ impl Connection {
             next_id: 1,
             in_flight: Default::default(),
             timeout: config.request_timeout,
+            broken: false,
         };
         if let Some(password) = &config.password {
             conn.call(&RequestBody::Auth(Bytes::from(password.clone()))).await?.ok()?;
@@ -123,17 +141,66 @@ impl Connection {
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.stream.write_all(&self.outbuf))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
-        self.outbuf.clear();
-        Ok(())
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.flush_by(deadline).await
     }
 
     /// Reads the reply to the oldest request in flight.
     pub async fn read(&mut self) -> Result<Response, ClientError> {
-        let timeout = self.timeout;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.read_by(deadline).await
+    }
+
+    /// Whether an earlier failure made this connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sends one request and reads its reply, within the request timeout.
+    pub async fn call(&mut self, body: &RequestBody) -> Result<Response, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.queue(body);
+        self.flush_by(deadline).await?;
+        self.read_by(deadline).await
+    }
+
+    /// Sends all requests in one write and reads all replies, in order,
+    /// within the request timeout.
+    pub async fn pipeline(&mut self, bodies: &[RequestBody]) -> Result<Vec<Response>, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for b in bodies {
+            self.queue(b);
+        }
+        self.flush_by(deadline).await?;
+        let mut out = Vec::with_capacity(bodies.len());
+        for _ in 0..bodies.len() {
+            out.push(self.read_by(deadline).await?);
+        }
+        Ok(out)
+    }
+
+    async fn flush_by(&mut self, deadline: tokio::time::Instant) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        let sent = tokio::time::timeout_at(deadline, self.stream.write_all(&self.outbuf)).await;
+        let sent = sent.map_err(|_| ClientError::Timeout(self.timeout)).and_then(|r| r.map_err(ClientError::from));
+        self.broken |= sent.is_err();
+        sent?;
+        self.outbuf.clear();
+        Ok(())
+    }
+
+    async fn read_by(&mut self, deadline: tokio::time::Instant) -> Result<Response, ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        let read = self.read_inner(deadline).await;
+        self.broken |= read.is_err();
+        read
+    }
+
+    async fn read_inner(&mut self, deadline: tokio::time::Instant) -> Result<Response, ClientError> {
         let expected = self.in_flight.front().copied().ok_or(ClientError::Unexpected("nothing in flight".into()))?;
         loop {
             if let Some(resp) = native::decode_response(&mut self.inbuf, native::RESPONSE_MAX_BYTES)? {
@@ -144,33 +211,13 @@ impl Connection {
                 self.in_flight.pop_front();
                 return Ok(resp);
             }
-            let n = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf))
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbuf))
                 .await
-                .map_err(|_| ClientError::Timeout(timeout))??;
+                .map_err(|_| ClientError::Timeout(self.timeout))??;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
         }
-    }
-
-    /// Sends one request and reads its reply.
-    pub async fn call(&mut self, body: &RequestBody) -> Result<Response, ClientError> {
-        self.queue(body);
-        self.flush().await?;
-        self.read().await
-    }
-
-    /// Sends all requests in one write and reads all replies, in order.
-    pub async fn pipeline(&mut self, bodies: &[RequestBody]) -> Result<Vec<Response>, ClientError> {
-        for b in bodies {
-            self.queue(b);
-        }
-        self.flush().await?;
-        let mut out = Vec::with_capacity(bodies.len());
-        for _ in 0..bodies.len() {
-            out.push(self.read().await?);
-        }
-        Ok(out)
     }
 }
 
@@ -179,6 +226,14 @@ impl Response {
     pub fn ok(self) -> Result<Response, ClientError> {
         match self.status {
             Status::Error => Err(ClientError::Server(String::from_utf8_lossy(&self.body).into_owned())),
+            Status::Moved => {
+                let mut body = self.body;
+                if body.remaining() < 8 {
+                    return Err(ClientError::Unexpected("MOVED reply too short".into()));
+                }
+                let epoch = body.get_u64_le();
+                Err(ClientError::Moved { epoch, addr: String::from_utf8_lossy(&body).into_owned() })
+            }
             _ => Ok(self),
         }
     }
@@ -265,7 +320,7 @@ impl Client {
     }
 
     async fn conn(&mut self, shard: usize) -> Result<&mut Connection, ClientError> {
-        if self.conns[shard].is_none() {
+        if self.conns[shard].as_ref().is_none_or(Connection::is_broken) {
             let c = Connection::connect(self.shard_addrs[shard], &self.config).await?;
             self.conns[shard] = Some(c);
         }
@@ -289,12 +344,15 @@ impl Client {
             };
             match result {
                 Ok(resp) => return resp.ok(),
-                Err(e) if e.is_transient() => {
-                    // The connection's state is unknown: drop it.
+                Err(e) => {
+                    // Whatever failed, the connection's state is unknown
+                    // (a late reply would answer the next request): drop it.
                     self.conns[shard] = None;
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
                     last = Some(e);
                 }
-                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
@@ -487,6 +545,88 @@ impl Drop for Pooled<'_> {
             if let Ok(mut idle) = self.pool.idle.try_lock() {
                 idle.push(client);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that answers every GET with the key as the value, the
+    /// first one only after `first_delay`.
+    async fn echo_server(first_delay: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            let mut first = true;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let delay = std::mem::replace(&mut first, false).then_some(first_delay);
+                tokio::task::spawn_local(async move {
+                    let mut buf = BytesMut::new();
+                    let mut delay = delay;
+                    loop {
+                        while let Ok(Some(request)) = native::decode_request(&mut buf, &crate::Limits::default()) {
+                            if let Some(d) = delay.take() {
+                                tokio::time::sleep(d).await;
+                            }
+                            let RequestBody::Key(KeyOpWire::Get(key)) = request.body else { return };
+                            let mut out = BytesMut::new();
+                            native::put_response(&mut out, Status::Ok, request.id, |o| o.extend_from_slice(&key));
+                            if stream.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// After a request times out, its late reply must not answer the next
+    /// request (it did: the connection was kept, and the reply to the
+    /// first GET came back as the value of the second).
+    #[test]
+    fn a_late_reply_never_answers_the_next_request() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let addr = echo_server(Duration::from_millis(300)).await;
+            let config = ClientConfig {
+                request_timeout: Duration::from_millis(100),
+                attempts: 1,
+                shard_aware: false,
+                ..ClientConfig::default()
+            };
+            let mut client = Client::connect(addr, config).await.unwrap();
+            // A pipeline on the client's own connection times out...
+            let conn = client.connection_for(b"first").await.unwrap();
+            let get = RequestBody::Key(KeyOpWire::Get(Bytes::from_static(b"first")));
+            assert!(matches!(conn.pipeline(&[get]).await, Err(ClientError::Timeout(_))));
+            assert!(conn.is_broken());
+            assert!(matches!(conn.call(&RequestBody::Ping).await, Err(ClientError::Broken)));
+            // ...and once its reply has come, the next request is answered
+            // by its own reply, on a new connection.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(client.get(b"second").await.unwrap().as_deref(), Some(&b"second"[..]));
+            assert_eq!(client.get(b"third").await.unwrap().as_deref(), Some(&b"third"[..]));
+        });
+    }
+
+    #[test]
+    fn moved_is_an_error_with_its_epoch_and_address() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(b"10.0.0.2:7400");
+        let resp = Response { id: 1, status: Status::Moved, body: body.freeze() };
+        match resp.ok() {
+            Err(ClientError::Moved { epoch, addr }) => assert_eq!((epoch, addr.as_str()), (7, "10.0.0.2:7400")),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -359,7 +359,10 @@ fn run_shard(
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // A current-thread runtime starts threads only for its blocking pool.
+        // A current-thread runtime starts threads only for its blocking pool
+        // (flushes, segments made ahead, deletions): named after the shard,
+        // so that `ringkv bench` counts their CPU as the server's.
+        .thread_name(format!("shard-{id}-io"))
         .on_thread_start(move || {
             if let Some(set) = &unpinned {
                 set_affinity(set);

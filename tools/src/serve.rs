@@ -170,6 +170,21 @@ pub fn run(args: ServeArgs) -> ExitCode {
         slowlog_max_len: args.slowlog_max_len,
         ..defaults
     };
+    // A panic leaves a shard half alive (its task gone, its store perhaps
+    // in the middle of a change, a connection count never given back,
+    // writers waiting forever for a group commit that died). Better to
+    // stop the process at once: the next start recovers what was durable,
+    // as after `kill -9`.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "a thread panicked; aborting (the next start recovers the durable state)");
+        std::process::abort();
+    }));
+    // Before the server starts: a SIGTERM sent as soon as the ready line
+    // is out must find its handler (the default action killed the process
+    // without a checkpoint).
+    let signals = Signals::install();
     let handle = match net::start(config) {
         Ok(h) => h,
         Err(e) => {
@@ -185,7 +200,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     println!("ready native={} resp={} shards={} metrics={metrics}", handle.native_addr, resp, shards.join(","));
     let _ = std::io::stdout().flush();
 
-    wait_for_signal();
+    signals.wait();
     tracing::info!("shutting down");
     handle.shutdown();
     match handle.join() {
@@ -226,17 +241,35 @@ fn optional_port(flag: &str, value: &str) -> Result<Option<u16>, String> {
     }
 }
 
-fn wait_for_signal() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("signal runtime");
-    runtime.block_on(async {
+/// SIGTERM and SIGINT, caught from `install` on.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("signal runtime");
+        let (term, int) = runtime.block_on(async {
+            (
+                signal(SignalKind::terminate()).expect("SIGTERM handler"),
+                signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            )
+        });
+        Signals { runtime, term, int }
+    }
+
+    /// Waits for either (one that came before this call counts).
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]

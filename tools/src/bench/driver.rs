@@ -114,6 +114,10 @@ pub struct Results {
     pub get: OpStats,
     pub elapsed: Duration,
     pub first_error: Option<String>,
+    /// Clients stopped early by an error (a refused connection, a reset, a
+    /// server silent for `REPLY_TIMEOUT`): their requests are lost, so a
+    /// run with any is a failed run.
+    pub clients_failed: usize,
     /// CPU seconds the load threads used.
     pub client_cpu_seconds: f64,
 }
@@ -150,6 +154,7 @@ struct ThreadStats {
     set: OpStats,
     get: OpStats,
     first_error: Option<String>,
+    clients_failed: usize,
     cpu_seconds: f64,
 }
 
@@ -196,6 +201,7 @@ pub fn run(workload: Arc<Workload>, stop: Stop, progress: Arc<Progress>) -> Resu
         get: OpStats::new(),
         elapsed: Duration::ZERO,
         first_error: None,
+        clients_failed: 0,
         client_cpu_seconds: 0.0,
     };
     for h in handles {
@@ -203,6 +209,7 @@ pub fn run(workload: Arc<Workload>, stop: Stop, progress: Arc<Progress>) -> Resu
             results.set.merge(&t.set);
             results.get.merge(&t.get);
             results.first_error = results.first_error.or(t.first_error);
+            results.clients_failed += t.clients_failed;
             results.client_cpu_seconds += t.cpu_seconds;
         }
     }
@@ -213,7 +220,13 @@ pub fn run(workload: Arc<Workload>, stop: Stop, progress: Arc<Progress>) -> Resu
 fn thread_main(t: usize, workload: Arc<Workload>, progress: Arc<Progress>, deadline: Option<Instant>) -> ThreadStats {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("bench runtime");
     let local = tokio::task::LocalSet::new();
-    let mut stats = ThreadStats { set: OpStats::new(), get: OpStats::new(), first_error: None, cpu_seconds: 0.0 };
+    let mut stats = ThreadStats {
+        set: OpStats::new(),
+        get: OpStats::new(),
+        first_error: None,
+        clients_failed: 0,
+        cpu_seconds: 0.0,
+    };
     local.block_on(&rt, async {
         let tasks: Vec<_> = (0..workload.clients_per_thread)
             .map(|c| {
@@ -229,10 +242,12 @@ fn thread_main(t: usize, workload: Arc<Workload>, progress: Arc<Progress>, deadl
                     publish(&progress, &client.interval);
                     if let Some(e) = error {
                         stats.first_error.get_or_insert(e);
+                        stats.clients_failed += 1;
                     }
                 }
                 Err(e) => {
                     stats.first_error.get_or_insert(format!("client task failed: {e}"));
+                    stats.clients_failed += 1;
                 }
             }
         }
@@ -279,7 +294,7 @@ async fn connect(addr: SocketAddr, workload: &Workload) -> Result<Conn, String> 
             ),
             Protocol::Resp => resp::put_command(&mut conn.outbuf, &[b"AUTH", password.as_bytes()]),
         }
-        conn.stream.write_all(&conn.outbuf).await.map_err(|e| e.to_string())?;
+        within_reply_timeout("AUTH", conn.stream.write_all(&conn.outbuf)).await?;
         conn.outbuf.clear();
         conn.expected.push_back(Op::Set);
         let mut dummy = OpStats::new();
@@ -386,7 +401,7 @@ async fn drive(
             batch_ops.push((op, (conn.outbuf.len() - before) as u64));
         }
         for conn in conns.iter_mut().filter(|c| !c.outbuf.is_empty()) {
-            conn.stream.write_all(&conn.outbuf).await.map_err(|e| format!("write: {e}"))?;
+            within_reply_timeout("write", conn.stream.write_all(&conn.outbuf)).await?;
             conn.outbuf.clear();
         }
         for (op, bytes) in &batch_ops {
@@ -426,6 +441,23 @@ async fn send_at(at: Instant) {
     }
 }
 
+/// How long a client waits for the server to take a request or send a
+/// reply before it gives up with an error: a server that stopped, or a
+/// lost reply, ends the run instead of hanging it.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `io`, failed after `REPLY_TIMEOUT`.
+pub async fn within_reply_timeout<T>(
+    what: &str,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REPLY_TIMEOUT, io).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no progress in {REPLY_TIMEOUT:?}")),
+    }
+}
+
 /// Reads the reply to the oldest request on `conn` and records it.
 async fn read_reply(
     conn: &mut Conn,
@@ -458,7 +490,7 @@ async fn read_reply(
         if let Some(outcome) = decoded {
             break (outcome, (before - conn.inbuf.len()) as u64);
         }
-        let n = conn.stream.read_buf(&mut conn.inbuf).await.map_err(|e| format!("read: {e}"))?;
+        let n = within_reply_timeout("read", conn.stream.read_buf(&mut conn.inbuf)).await?;
         if n == 0 {
             return Err("server closed the connection".into());
         }

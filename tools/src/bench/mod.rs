@@ -321,6 +321,13 @@ fn run_measured(args: BenchArgs, workload: Workload, target: Target, addr: Socke
     if let Some(e) = &results.first_error {
         eprintln!("first error: {e}");
     }
+    if results.clients_failed > 0 {
+        eprintln!(
+            "{} of {} clients stopped early on an error",
+            results.clients_failed,
+            workload.threads * workload.clients_per_thread
+        );
+    }
     if let Some(path) = &args.json_out {
         let settings = serde_json::json!({
             "protocol": workload.protocol,
@@ -349,7 +356,7 @@ fn run_measured(args: BenchArgs, workload: Workload, target: Target, addr: Socke
         handle.shutdown();
         let _ = handle.join();
     }
-    let failed = results.first_error.is_some() && total_ops == 0;
+    let failed = results.clients_failed > 0 || (results.first_error.is_some() && total_ops == 0);
     Ok(if errors > args.max_errors || failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
@@ -423,8 +430,9 @@ fn server_usage(
 
 /// Reads CPU and command counts from INFO (Redis or ringkv's RESP port).
 async fn resp_info(addr: SocketAddr, password: Option<&str>) -> Result<Option<ServerUsage>, String> {
+    use driver::within_reply_timeout as timeout;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("INFO connection: {e}"))?;
+    let mut stream = timeout("INFO connection", tokio::net::TcpStream::connect(addr)).await?;
     let mut out = BytesMut::new();
     let mut replies = 1;
     if let Some(p) = password {
@@ -432,7 +440,7 @@ async fn resp_info(addr: SocketAddr, password: Option<&str>) -> Result<Option<Se
         replies += 1;
     }
     resp::put_command(&mut out, &[b"INFO"]);
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    timeout("INFO", stream.write_all(&out)).await?;
     let mut inbuf = BytesMut::new();
     let limits = net::Limits::default();
     let mut text = None;
@@ -445,7 +453,7 @@ async fn resp_info(addr: SocketAddr, password: Option<&str>) -> Result<Option<Se
                 }
             }
             None => {
-                let n = stream.read_buf(&mut inbuf).await.map_err(|e| e.to_string())?;
+                let n = timeout("INFO", stream.read_buf(&mut inbuf)).await?;
                 if n == 0 {
                     return Err("INFO: server closed the connection".into());
                 }
