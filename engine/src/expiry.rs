@@ -32,7 +32,13 @@ pub struct Cursor {
 impl Store {
     fn pick_sweep(&self, now: u64) -> Option<Cursor> {
         let (slot, seg) = self.log.segments.iter().enumerate().find_map(|(slot, s)| {
-            s.as_ref().filter(|s| s.expiry_min_ms <= now && s.sweep_after_ms <= now).map(|s| (slot, s))
+            let due = |s: &crate::segment::Segment| {
+                // A second after the last sweep, or at once when the clock
+                // stepped back past that (it waited for the clock to
+                // catch up).
+                s.sweep_after_ms <= now || s.sweep_after_ms > now.saturating_add(SWEEP_INTERVAL_MS)
+            };
+            s.as_ref().filter(|s| s.expiry_min_ms <= now && due(s)).map(|s| (slot, s))
         })?;
         Some(Cursor { slot: slot as u32, seq: seg.header.seq, pos: HEADER_BYTES, next_expiry_ms: u64::MAX })
     }

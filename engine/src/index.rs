@@ -508,10 +508,24 @@ impl Index {
         if self.old.is_some() && cursor >= self.threshold {
             parts[0] = None;
         }
+        // While the table grows, the new one holds only hashes below
+        // `threshold`. Past that hash's home, the first empty slot ends
+        // them (no empty slot lies between an entry's home and its
+        // position): walking on visited every empty slot of the new table,
+        // work proportional to it in one call.
+        let new_part_end = self.old.as_ref().map(|_| {
+            let threshold = u32::try_from(self.threshold).unwrap_or(u32::MAX);
+            self.cur.home(threshold)
+        });
         let mut stop_after: Option<u32> = None;
-        for table in parts.into_iter().flatten() {
+        for (n, table) in parts.into_iter().enumerate() {
+            let Some(table) = table else { continue };
+            let ends_at_empty = if n == 0 { new_part_end } else { None };
             let mut i = table.home(start).max(table.floor);
             while let Some(e) = table.at(i) {
+                if e == EMPTY && ends_at_empty.is_some_and(|end| i >= end) {
+                    break;
+                }
                 i += 1;
                 if e == EMPTY || entry_hash(e) < start {
                     continue;
@@ -683,6 +697,45 @@ mod tests {
         for i in 0..5000u32 {
             assert!(seen.contains(&(i + 4)), "{i} missed");
         }
+    }
+
+    /// A scan while the table grows sees every key once, whether it lives
+    /// in the new table (moved already) or the old one; the new table's
+    /// part ends at its first empty slot past the threshold's home.
+    #[test]
+    fn a_scan_in_the_middle_of_growth_sees_every_key() {
+        let mut index = Index::default();
+        let hash = |i: u32| i.wrapping_mul(0x9e37_79b9) & !1;
+        let mut n = 0u32;
+        while index.old.is_none() {
+            index.upsert(hash(n), n + 4, |_| false);
+            n += 1;
+        }
+        // A few more: some entries move to the new table, most stay.
+        for _ in 0..3 {
+            index.upsert(hash(n), n + 4, |_| false);
+            n += 1;
+        }
+        assert!(index.old.is_some() && index.threshold > 0, "still growing");
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = Some(0);
+        let mut rounds = 0;
+        while let Some(c) = cursor {
+            rounds += 1;
+            assert!(rounds < 100_000);
+            let mut batch = 0;
+            cursor = index.scan_from(c, |_, loc| {
+                assert!(seen.insert(loc), "loc {loc} visited twice");
+                batch += 1;
+                if batch == 7 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+        }
+        assert!(index.old.is_some(), "the scan did not finish the growth");
+        assert_eq!(seen.len(), n as usize);
     }
 }
 

@@ -35,12 +35,25 @@ impl Store {
     }
 
     /// Makes sure one segment of headroom remains under the bound before a
-    /// write. `adds_data` is false for deletes and expiry changes.
+    /// write. `adds_data` is false for deletes (and expiries that delete).
     pub(crate) fn make_room(&mut self, adds_data: bool) -> Result<()> {
+        self.make_room_for(0, adds_data)
+    }
+
+    /// Makes room under the bound for `bytes` of records about to be
+    /// written together, beyond the usual headroom: evicting (cache mode),
+    /// or refusing them all at once with `OutOfMemory` (store mode). A
+    /// multi-key write (MSET) calls it first, so that it does not stop half
+    /// way for want of room.
+    pub fn reserve_room(&mut self, bytes: u64) -> Result<()> {
+        self.make_room_for(bytes, true)
+    }
+
+    fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {
         let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
         // One segment of headroom: room for the active segment to fill,
         // and for eviction's copies to roll into a new one.
-        let headroom = self.log.segment_size() as u64;
+        let headroom = self.log.segment_size() as u64 + bytes;
         loop {
             let used_bytes = self.memory_used_bytes();
             if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {

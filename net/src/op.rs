@@ -298,7 +298,8 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
             changed.map(|_| OpResult::Value(Some(value)))
         }
         KeyOp::IncrBy { key, delta } => {
-            let current = match store.peek(key) {
+            let (old, keep) = read_for_rewrite(store, key);
+            let current = match old {
                 None => 0,
                 Some(v) => match parse_redis_i64(v) {
                     Some(n) => n,
@@ -307,10 +308,11 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
             };
             let Some(new) = current.checked_add(*delta) else { return OpResult::Error(OVERFLOW.into()) };
             let text = itoa::Buffer::new().format(new).as_bytes().to_vec();
-            store.set(key, &text, keep_ttl()).map(|_| OpResult::Int(new))
+            store.set(key, &text, keep).map(|_| OpResult::Int(new))
         }
         KeyOp::Append { key, value } => {
-            let old = store.peek(key).unwrap_or_default();
+            let (old, keep) = read_for_rewrite(store, key);
+            let old = old.unwrap_or_default();
             let total = old.len().saturating_add(value.len());
             if total > store.value_len_max_bytes() {
                 return OpResult::Error(STRING_TOO_LONG.into());
@@ -318,10 +320,10 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
             let mut new = Vec::with_capacity(total);
             new.extend_from_slice(old);
             new.extend_from_slice(value);
-            store.set(key, &new, keep_ttl()).map(|_| OpResult::Int(total as i64))
+            store.set(key, &new, keep).map(|_| OpResult::Int(total as i64))
         }
         KeyOp::SetRange { key, offset, value } => {
-            let old = store.peek(key);
+            let (old, keep) = read_for_rewrite(store, key);
             if value.is_empty() {
                 // Redis answers the current length and creates nothing.
                 return OpResult::Int(old.map_or(0, |v| v.len() as i64));
@@ -338,14 +340,24 @@ pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHas
             }
             new[end - value.len()..end].copy_from_slice(value);
             let len = new.len() as i64;
-            store.set(key, &new, keep_ttl()).map(|_| OpResult::Int(len))
+            store.set(key, &new, keep).map(|_| OpResult::Int(len))
         }
     };
     result.unwrap_or_else(|err| OpResult::Error(err.to_string()))
 }
 
-fn keep_ttl() -> SetOptions {
-    SetOptions { expiry: SetExpiry::Keep, condition: Condition::Always, return_old: false }
+/// A value read for INCR, APPEND or SETRANGE, and the options that write
+/// its new version with the expiry it was read with. Read once: with
+/// `SetExpiry::Keep` the write looked the key up again, and when its own
+/// eviction had just taken the key's segment (cache mode), or the clock
+/// had passed its expiry in between, the new value lost its TTL.
+fn read_for_rewrite<'s>(store: &'s Store, key: &[u8]) -> (Option<&'s [u8]>, SetOptions) {
+    let (value, expires_at) = match store.peek_with_expiry(key) {
+        Some((v, at)) => (Some(v), at),
+        None => (None, None),
+    };
+    let expiry = expires_at.map_or(SetExpiry::None, SetExpiry::At);
+    (value, SetOptions { expiry, condition: Condition::Always, return_old: false })
 }
 
 /// A plain GET (`value` is `None`) or a SET without options, of bytes

@@ -203,9 +203,15 @@ fn write_all(store: &mut engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<Stri
     pairs.iter().map(|(k, v)| store.set(k, v, set)).find_map(Result::err).map(|e| e.to_string())
 }
 
-/// Refuses up front what the store would refuse at commit time.
-fn refuse(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
-    pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err()).map(|e| OpResult::Error(e.to_string()))
+/// Refuses up front what the store would refuse at commit time: a key or
+/// value too long, a poisoned store, and (over a store's memory bound) the
+/// room for all of them; in cache mode that room is made now.
+fn refuse(store: &mut engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
+    let sizes = pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err());
+    // Each record: its key, its value and a header of at most this much.
+    const RECORD_OVERHEAD_MAX_BYTES: u64 = 32;
+    let bytes = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64 + RECORD_OVERHEAD_MAX_BYTES).sum();
+    sizes.or_else(|| store.reserve_room(bytes).err()).map(|e| OpResult::Error(e.to_string()))
 }
 
 /// Coordinates one MSET (`only_if_absent` false) or MSETNX from the
@@ -261,4 +267,41 @@ pub async fn mset(
         }
     }
     let _ = reply.send(vec![outcome]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::{Config, FsyncPolicy, Store};
+
+    /// Near a store's memory bound, an MSET whose pairs do not all fit is
+    /// refused whole (it wrote the first pairs, then failed).
+    #[test]
+    fn an_mset_at_the_bound_writes_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            segment_size_bytes: 8 << 20,
+            fsync: FsyncPolicy::Never,
+            memory_max_bytes: Some(64 << 20),
+            ..Config::default()
+        };
+        let (mut store, _) = Store::open(dir.path(), config).unwrap();
+        let big = Bytes::from(vec![b'b'; 2 << 20]);
+        // Fill until a small write still fits but 2 MiB more do not.
+        let mut n = 0u32;
+        while store.reserve_room(big.len() as u64 + 64).is_ok() {
+            store.set(format!("fill{n}").as_bytes(), &[b'f'; 4000], SetOptions::default()).unwrap();
+            n += 1;
+            assert!(n < 100_000, "the bound was never reached");
+        }
+        let pairs = vec![(Bytes::from("small"), Bytes::from("s")), (Bytes::from("big"), big)];
+        let refused = apply(&mut store, &pairs, false);
+        assert!(matches!(&refused, OpResult::Error(e) if e.contains("store is full")), "{refused:?}");
+        assert_eq!(store.get(b"small"), None, "no pair of the refused MSET was written");
+        assert_eq!(store.get(b"big"), None);
+        // What fits is written.
+        let fits = vec![(Bytes::from("small"), Bytes::from("s"))];
+        assert_eq!(apply(&mut store, &fits, false), OpResult::Existed(false));
+        assert_eq!(store.get(b"small"), Some(&b"s"[..]));
+    }
 }
