@@ -153,3 +153,29 @@ fn sigterm_right_after_the_ready_line_is_a_clean_shutdown() {
         }
     }
 }
+
+/// A start that fails part way (here the metrics port is taken) leaves
+/// nothing running: every shard that had opened its store closes it, so
+/// the next start over the same directory works (the shards kept running,
+/// holding their directories' locks).
+#[test]
+fn a_failed_start_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = |metrics_port| net::ServerConfig {
+        bind: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        resp_port: None,
+        metrics_port,
+        shard_port_base: 0,
+        shards: 2,
+        data_dir: dir.path().to_path_buf(),
+        pin_cores: false,
+        ..net::ServerConfig::default()
+    };
+    let failed = net::start(config(Some(taken.local_addr().unwrap().port())));
+    assert!(matches!(failed, Err(net::ServerError::Bind { .. })), "{failed:?}");
+    let handle = net::start(config(None)).expect("a second start over the same directory");
+    handle.shutdown();
+    handle.join().unwrap();
+}

@@ -177,9 +177,23 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     };
     let mut own = Vec::with_capacity(shards);
     for i in 0..shards {
-        let port = if config.shard_port_base == 0 { 0 } else { config.shard_port_base + i as u16 };
+        let port = match config.shard_port_base {
+            0 => 0,
+            base => u16::try_from(i).ok().and_then(|i| base.checked_add(i)).ok_or_else(|| {
+                ServerError::Config(format!("shard ports {base}.. run past 65535 with {shards} shards"))
+            })?,
+        };
         own.push(listener(SocketAddr::new(config.bind, port), false)?);
     }
+    // Every port is bound before any shard starts: a port in use fails the
+    // start with nothing running.
+    let metrics_listener = match config.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.bind, port);
+            Some(crate::metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?)
+        }
+        None => None,
+    };
     let shard_addrs: Vec<SocketAddr> = own.iter().map(|l| l.local_addr().expect("bound")).collect();
 
     let ring = local_ring(native_addr, shards)?;
@@ -265,19 +279,24 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     }
     drop(ready_tx);
     for _ in 0..shards {
-        match ready_rx.recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                shared.shutdown.send_replace(true);
-                return Err(e);
-            }
-            Err(_) => return Err(ServerError::ThreadDied(0)),
+        let failed = match ready_rx.recv() {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e,
+            // Every sender is gone and a shard never said: its thread died.
+            Err(_) => ServerError::ThreadDied(threads.iter().position(|t| t.is_finished()).unwrap_or(0)),
+        };
+        // The shards that did start stop again, their stores closed, before
+        // the error is returned: nothing keeps running, nothing keeps a
+        // data directory locked.
+        shared.shutdown.send_replace(true);
+        for thread in threads {
+            let _ = thread.join();
         }
+        return Err(failed);
     }
-    let metrics_addr = match config.metrics_port {
-        Some(port) => {
-            let addr = SocketAddr::new(config.bind, port);
-            let listener = crate::metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = SocketAddr::new(config.bind, config.metrics_port.unwrap_or(0));
             let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
