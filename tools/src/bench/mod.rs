@@ -101,8 +101,41 @@ pub struct BenchArgs {
 
 /// The server under test.
 enum Target {
-    Embedded { handle: net::ServerHandle, _dir: tempfile::TempDir },
+    Embedded(Embedded),
     External { addr: SocketAddr },
+}
+
+/// The server `ringkv bench` runs for itself when given no `--server`,
+/// over a temporary directory. It is stopped and joined when the run ends,
+/// or when the run fails part way (then before its directory is removed).
+struct Embedded {
+    handle: Option<net::ServerHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    fn handle(&self) -> &net::ServerHandle {
+        self.handle.as_ref().expect("running until stopped")
+    }
+
+    /// Stops the server and waits for its shards to close their stores.
+    fn stop(&mut self) -> Result<(), net::ServerError> {
+        match self.handle.take() {
+            Some(handle) => {
+                handle.shutdown();
+                handle.join()
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("embedded server: {e}");
+        }
+    }
 }
 
 fn half_cores() -> usize {
@@ -172,7 +205,7 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
                 ..net::ServerConfig::default()
             };
             let handle = net::start(config).map_err(|e| format!("embedded server: {e}"))?;
-            Target::Embedded { handle, _dir: dir }
+            Target::Embedded(Embedded { handle: Some(handle), _dir: dir })
         }
         Some(host) => {
             let port = args.port.unwrap_or(match args.protocol {
@@ -188,8 +221,8 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         }
     };
     let addr = match (&target, args.protocol) {
-        (Target::Embedded { handle, .. }, Protocol::Native) => handle.native_addr,
-        (Target::Embedded { handle, .. }, Protocol::Resp) => handle.resp_addr.ok_or("embedded server without RESP")?,
+        (Target::Embedded(e), Protocol::Native) => e.handle().native_addr,
+        (Target::Embedded(e), Protocol::Resp) => e.handle().resp_addr.ok_or("embedded server without RESP")?,
         (Target::External { addr }, _) => *addr,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -228,7 +261,7 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         password: args.authenticate.clone(),
     };
     let target_name = match &target {
-        Target::Embedded { handle, .. } => format!("embedded ringkv, {} shards, {addr}", handle.shard_addrs.len()),
+        Target::Embedded(e) => format!("embedded ringkv, {} shards, {addr}", e.handle().shard_addrs.len()),
         Target::External { .. } => format!("{addr}"),
     };
     let shard_aware = if workload.routing.is_some() { ", shard-aware" } else { "" };
@@ -352,11 +385,13 @@ fn run_measured(args: BenchArgs, workload: Workload, target: Target, addr: Socke
         std::fs::write(path, serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?)
             .map_err(|e| format!("write {}: {e}", path.display()))?;
     }
-    if let Target::Embedded { handle, .. } = target {
-        handle.shutdown();
-        let _ = handle.join();
+    let mut failed = results.clients_failed > 0 || (results.first_error.is_some() && total_ops == 0);
+    if let Target::Embedded(mut embedded) = target {
+        if let Err(e) = embedded.stop() {
+            eprintln!("embedded server: {e}");
+            failed = true;
+        }
     }
-    let failed = results.clients_failed > 0 || (results.first_error.is_some() && total_ops == 0);
     Ok(if errors > args.max_errors || failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
@@ -400,9 +435,9 @@ fn server_usage(
     args: &BenchArgs,
 ) -> Result<Option<ServerUsage>, String> {
     match target {
-        Target::Embedded { handle, .. } => Ok(Some(ServerUsage {
+        Target::Embedded(e) => Ok(Some(ServerUsage {
             cpu_seconds: report::threads_cpu_seconds("shard-"),
-            commands: handle.total_commands(),
+            commands: e.handle().total_commands(),
         })),
         Target::External { .. } => rt.block_on(async {
             match args.protocol {
