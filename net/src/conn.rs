@@ -451,7 +451,7 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
             let (first, name) = proto.take_first_request();
             if shard.shared.slowlog.is_slow(elapsed) {
                 let client = peer.map_or_else(String::new, |p| p.to_string());
-                shard.shared.slowlog.record(elapsed, &first, client, name, commands);
+                shard.shared.slowlog.record(elapsed, first, client, name, commands);
             }
         }
         proto.end_batch(&shard, elapsed);

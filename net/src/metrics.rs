@@ -19,20 +19,50 @@ use crate::shard::{Shared, Work};
 
 /// Longest HTTP request head read before answering.
 const REQUEST_MAX_BYTES: usize = 8 << 10;
-/// How long a client may take to send its request.
+/// How long a client may take to send its request, and to take the
+/// response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most metrics connections open at once; more are closed at once.
+const CONNECTIONS_MAX: usize = 64;
+
+/// Counts an open metrics connection while it lives.
+struct OpenConnection(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
 
 /// Serves scrapes until the server shuts down.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
+    let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|&s| s) => return,
         };
-        let Ok((mut stream, peer)) = accepted else { continue };
+        let (mut stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(err) => {
+                // Out of descriptors and the like: back off (retrying at
+                // once spun a core until descriptors came back).
+                tracing::warn!(error = %err, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= CONNECTIONS_MAX {
+            tracing::warn!(%peer, "too many metrics connections; closing a new one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let guard = OpenConnection(open.clone());
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
+            let _open = guard;
             let mut head = Vec::with_capacity(1024);
             let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let mut chunk = [0u8; 1024];
@@ -60,8 +90,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 22\r\nConnection: close\r\n\r\nonly /metrics is here\n"
                     .to_string()
             };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            // A client that does not read its response is dropped too.
+            let sent = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(response.as_bytes())).await;
+            if matches!(sent, Ok(Ok(()))) {
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.shutdown()).await;
+            }
         });
     }
 }

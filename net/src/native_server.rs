@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::conn::{Cut, Job, Protocol};
 use crate::native::{self, put_bytes, put_error, put_response, RequestBody, Status};
@@ -50,7 +50,9 @@ impl Protocol for Native {
         };
         let id = request.id;
         if self.first.is_none() && shared.slowlog.enabled() {
-            self.first = Some(request.body.summary());
+            let summary = request.body.summary();
+            let refs: Vec<&[u8]> = summary.iter().map(|a| &a[..]).collect();
+            self.first = Some(crate::slowlog::capture(&refs));
         }
         if let Some(secret) = &shared.requirepass {
             if !self.authenticated {
@@ -100,8 +102,8 @@ impl Protocol for Native {
         }
         let native::GetSet { id, set, key, value, end } = native::decode_get_set(buf, &shared.limits)?;
         if self.first.is_none() && shared.slowlog.enabled() {
-            let name = Bytes::from_static(if set { b"SET" } else { b"GET" });
-            self.first = Some(vec![name, Bytes::copy_from_slice(&buf[key.clone()])]);
+            let name: &[u8] = if set { b"SET" } else { b"GET" };
+            self.first = Some(crate::slowlog::capture(&[name, &buf[key.clone()]]));
         }
         Some((Cut { key, value: set.then_some(value), end }, Shape::Key { id }))
     }

@@ -722,7 +722,8 @@ impl Protocol for Resp {
             }
         };
         if self.first.is_none() && shard.shared.slowlog.enabled() {
-            self.first = Some(args.clone());
+            let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+            self.first = Some(crate::slowlog::capture(&refs));
         }
         Some(self.plan(args, shard))
     }
@@ -740,9 +741,9 @@ impl Protocol for Resp {
         // is no longer there.
         self.progress = Progress::default();
         if self.first.is_none() && shard.shared.slowlog.enabled() {
-            let mut args = vec![Bytes::copy_from_slice(&buf[8..11]), Bytes::copy_from_slice(&buf[key.clone()])];
-            args.extend(set.then(|| Bytes::copy_from_slice(&buf[value.clone()])));
-            self.first = Some(args);
+            let (name, key, value) = (&buf[8..11], &buf[key.clone()], &buf[value.clone()]);
+            let args: &[&[u8]] = if set { &[name, key, value] } else { &[name, key] };
+            self.first = Some(crate::slowlog::capture(args));
         }
         let shape = if set {
             Shape::new(Form::Set { get: false }, Some(SET), false)
@@ -1186,7 +1187,7 @@ impl Resp {
                     i += 3;
                 }
                 b"SETNAME" if i + 1 < args.len() => {
-                    self.name = Some(args[i + 1].clone());
+                    self.name = Some(Bytes::copy_from_slice(&args[i + 1]));
                     i += 2;
                 }
                 _ => return Job::Reply(Form::Error(SYNTAX.into())),
@@ -1214,7 +1215,7 @@ impl Resp {
         let sub = args[1].to_ascii_lowercase();
         Job::Reply(match (sub.as_slice(), args.len()) {
             (b"setname", 3) => {
-                self.name = Some(args[2].clone());
+                self.name = Some(Bytes::copy_from_slice(&args[2]));
                 Form::Simple("OK")
             }
             (b"getname", 2) => Form::Bulk(self.name.clone()),

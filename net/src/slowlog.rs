@@ -63,12 +63,8 @@ impl SlowLog {
         self.threshold.is_some_and(|t| elapsed >= t)
     }
 
-    /// Logs a slow batch.
-    pub fn record(&self, elapsed: Duration, args: &[Bytes], client: String, client_name: Bytes, requests: u64) {
-        let mut kept: Vec<Bytes> = args.iter().take(ARGS_MAX).map(shorten).collect();
-        if args.len() > ARGS_MAX {
-            kept[ARGS_MAX - 1] = Bytes::from(format!("... ({} more arguments)", args.len() - ARGS_MAX + 1));
-        }
+    /// Logs a slow batch; `args` as [`capture`] made them.
+    pub fn record(&self, elapsed: Duration, kept: Vec<Bytes>, client: String, client_name: Bytes, requests: u64) {
         let command = kept.first().map(|c| String::from_utf8_lossy(c).to_ascii_lowercase()).unwrap_or_default();
         tracing::warn!(
             target: "ringkv::slowlog",
@@ -110,9 +106,33 @@ impl SlowLog {
     }
 }
 
-fn shorten(arg: &Bytes) -> Bytes {
+/// A command's arguments as an entry keeps them: copied (a slice of the
+/// request kept its connection's whole read buffer alive, so 128 entries of
+/// an MSET of 16 MiB values pinned gigabytes), shortened as Redis shortens
+/// them (32 arguments, 128 bytes each), and with AUTH's and HELLO's
+/// credentials redacted, as Redis 7 redacts them.
+pub fn capture(args: &[&[u8]]) -> Vec<Bytes> {
+    let mut kept: Vec<Bytes> = args.iter().take(ARGS_MAX).map(|a| shorten(a)).collect();
+    if args.len() > ARGS_MAX {
+        kept[ARGS_MAX - 1] = Bytes::from(format!("... ({} more arguments)", args.len() - ARGS_MAX + 1));
+    }
+    let redacted = || Bytes::from_static(b"(redacted)");
+    match kept.first() {
+        Some(name) if name.eq_ignore_ascii_case(b"auth") => kept[1..].iter_mut().for_each(|a| *a = redacted()),
+        Some(name) if name.eq_ignore_ascii_case(b"hello") => {
+            // HELLO protover AUTH username password ...
+            if let Some(at) = kept.iter().position(|a| a.eq_ignore_ascii_case(b"auth")) {
+                kept.iter_mut().skip(at + 1).take(2).for_each(|a| *a = redacted());
+            }
+        }
+        _ => {}
+    }
+    kept
+}
+
+fn shorten(arg: &[u8]) -> Bytes {
     if arg.len() <= ARG_MAX_BYTES {
-        return arg.clone();
+        return Bytes::copy_from_slice(arg);
     }
     let mut s = arg[..ARG_MAX_BYTES].to_vec();
     s.extend_from_slice(format!("... ({} more bytes)", arg.len() - ARG_MAX_BYTES).as_bytes());
@@ -156,11 +176,12 @@ mod tests {
     fn keeps_the_newest_entries_shortened() {
         let log = SlowLog::new(Some(Duration::from_millis(5)), 2);
         assert!(!log.is_slow(Duration::from_millis(4)) && log.is_slow(Duration::from_millis(5)));
-        let long = Bytes::from(vec![b'x'; 200]);
-        let many: Vec<Bytes> = (0..40).map(|i| Bytes::from(i.to_string())).collect();
-        log.record(Duration::from_millis(6), &[Bytes::from("GET"), long], "c".into(), Bytes::new(), 1);
-        log.record(Duration::from_millis(7), &many, "c".into(), Bytes::new(), 3);
-        log.record(Duration::from_millis(8), &[Bytes::from("PING")], "c".into(), Bytes::new(), 1);
+        let long = vec![b'x'; 200];
+        let many: Vec<Vec<u8>> = (0..40).map(|i: i32| i.to_string().into_bytes()).collect();
+        let many: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+        log.record(Duration::from_millis(6), capture(&[b"GET", &long]), "c".into(), Bytes::new(), 1);
+        log.record(Duration::from_millis(7), capture(&many), "c".into(), Bytes::new(), 3);
+        log.record(Duration::from_millis(8), capture(&[b"PING"]), "c".into(), Bytes::new(), 1);
         let got = log.get(10);
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].id, got[1].id), (2, 1), "newest first, oldest dropped");
@@ -169,7 +190,22 @@ mod tests {
         log.reset();
         assert!(log.is_empty());
         let log = SlowLog::new(Some(Duration::ZERO), 1);
-        log.record(Duration::from_millis(1), &[Bytes::from(vec![b'y'; 130])], "c".into(), Bytes::new(), 1);
+        log.record(Duration::from_millis(1), capture(&[&[b'y'; 130]]), "c".into(), Bytes::new(), 1);
         assert_eq!(&log.get(1)[0].args[0][128..], b"... (2 more bytes)");
+    }
+
+    /// Kept arguments own their bytes (a slice of a request kept the
+    /// whole read buffer alive), and credentials are redacted.
+    #[test]
+    fn captured_arguments_are_copies_with_credentials_redacted() {
+        let buffer = Bytes::from(vec![b'v'; 1 << 20]);
+        let kept = capture(&[b"SET", b"key", &buffer[..10]]);
+        drop(buffer);
+        assert_eq!(&kept[2][..], b"vvvvvvvvvv");
+        let auth = capture(&[b"AUTH", b"default", b"hunter2"]);
+        assert_eq!(auth, vec![Bytes::from("AUTH"), Bytes::from("(redacted)"), Bytes::from("(redacted)")]);
+        let hello = capture(&[b"hello", b"3", b"AUTH", b"default", b"hunter2", b"SETNAME", b"app"]);
+        let hello: Vec<&[u8]> = hello.iter().map(|a| &a[..]).collect();
+        assert_eq!(hello, [&b"hello"[..], b"3", b"AUTH", b"(redacted)", b"(redacted)", b"SETNAME", b"app"]);
     }
 }

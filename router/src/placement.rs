@@ -28,7 +28,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::description::{
     DescriptionError, NodeEntry, Placement, RingDescription, ShardEntry, MAX_EPOCH, MAX_SHARDS_PER_NODE,
-    MAX_TOKENS_PER_WEIGHT, MAX_WEIGHT,
+    MAX_TOKENS_PER_MEMBER, MAX_TOKENS_PER_WEIGHT, MAX_WEIGHT,
 };
 use crate::id::{MemberId, NodeId, Token};
 
@@ -92,7 +92,8 @@ pub enum ChangeError {
         /// The node.
         id: NodeId,
     },
-    /// A weight outside `1..=MAX_WEIGHT`.
+    /// A weight outside `1..=MAX_WEIGHT`, or with more tokens than a member
+    /// may have (`MAX_TOKENS_PER_MEMBER / tokens_per_weight`).
     #[error("weight {weight} is out of range; it must be between 1 and {max}")]
     WeightOutOfRange {
         /// The weight asked for.
@@ -183,7 +184,7 @@ impl RingDescription {
         }
         let shards = shards.unwrap_or(self.shards_per_node);
         check_shards(shards)?;
-        check_weight(weight)?;
+        check_weight(weight, self.tokens_per_weight)?;
         let mut slots = self.slots();
         slots.extend((0..shards).map(|shard| Slot {
             id: MemberId::new(id.clone(), shard),
@@ -216,7 +217,7 @@ impl RingDescription {
     /// Sets the weight of `member`; data moves only to it (when it grows)
     /// or only from it (when it shrinks).
     pub fn set_weight(&self, member: &MemberId, weight: u32) -> Result<Self, ChangeError> {
-        check_weight(weight)?;
+        check_weight(weight, self.tokens_per_weight)?;
         let mut slots = self.slots();
         let slot = slots
             .iter_mut()
@@ -284,9 +285,17 @@ impl RingDescription {
     }
 }
 
-fn check_weight(weight: u32) -> Result<(), ChangeError> {
-    if weight == 0 || weight > MAX_WEIGHT {
-        return Err(ChangeError::WeightOutOfRange { weight, max: MAX_WEIGHT });
+/// A weight in `1..=MAX_WEIGHT` whose tokens (`tokens_per_weight` each,
+/// and one weight's worth to spare: a member that takes arcs from others
+/// gets a token more than its share from each donor) fit
+/// [`MAX_TOKENS_PER_MEMBER`]: with 256 tokens per weight, weights up to
+/// 255. (A larger one passed this check and failed after placement, with
+/// a message about a member's token count.)
+fn check_weight(weight: u32, tokens_per_weight: u32) -> Result<(), ChangeError> {
+    let tokens_max = u32::try_from(MAX_TOKENS_PER_MEMBER).unwrap_or(u32::MAX);
+    let max = MAX_WEIGHT.min((tokens_max / tokens_per_weight.max(1)).saturating_sub(1).max(1));
+    if weight == 0 || weight > max {
+        return Err(ChangeError::WeightOutOfRange { weight, max });
     }
     Ok(())
 }

@@ -51,3 +51,27 @@ fn an_older_epoch_is_refused_as_a_successor() {
     newer.epoch = 2;
     assert!(newer.check_successor_of(&current).is_ok());
 }
+
+/// A weight is refused up front when its tokens (`tokens_per_weight` each,
+/// and a weight's worth to spare) would exceed a member's limit, naming
+/// the largest weight allowed: with 256 tokens per weight, 255 (257 passed
+/// the check and failed after placement, with a message about a member's
+/// token count).
+#[test]
+fn a_weight_whose_tokens_cannot_fit_is_refused_up_front() {
+    use router::{ChangeError, InitConfig, NodeId, Placement};
+    let config = InitConfig {
+        nodes: (1..=3).map(|i| (NodeId::new(format!("n{i}")).unwrap(), format!("127.0.0.1:{}", 7000 + i))).collect(),
+        shards_per_node: 1,
+        tokens_per_weight: 256,
+        placement: Placement::Balanced,
+    };
+    let ring = RingDescription::init(&config).unwrap();
+    let n4 = NodeId::new("n4").unwrap();
+    for weight in [256, 257, 1024] {
+        let refused = ring.add_node(n4.clone(), "127.0.0.1:7004".into(), None, weight);
+        assert!(matches!(refused, Err(ChangeError::WeightOutOfRange { max: 255, .. })), "{refused:?}");
+    }
+    let added = ring.add_node(n4, "127.0.0.1:7004".into(), None, 255).expect("the largest weight that fits");
+    router::Ring::new(added).expect("valid");
+}

@@ -197,14 +197,37 @@ fn edit(
     file: &Path,
     change: impl FnOnce(&RingDescription) -> Result<RingDescription, router::ChangeError>,
 ) -> Result<String, String> {
+    // One edit at a time: an exclusive lock on `<file>.lock`, held from the
+    // first read to the save (two edits that both read epoch N both wrote
+    // N+1 over each other, and one change was lost). The lock file is
+    // never renamed, unlike the ring file, which `save` replaces.
+    let lock_path = {
+        let mut name = file.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        file.with_file_name(name)
+    };
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("open {}: {e}", lock_path.display()))?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; the lock goes with it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!("lock {}: {}", lock_path.display(), std::io::Error::last_os_error()));
+        }
+    }
     let current = RingDescription::load(file).map_err(|e| e.to_string())?;
     let old = Ring::new(current.clone()).map_err(|e| e.to_string())?;
     let next = change(&current).map_err(|e| e.to_string())?;
     next.check_successor_of(&current).map_err(|e| e.to_string())?;
     let new = Ring::new(next.clone()).map_err(|e| e.to_string())?;
     let moved = plan(&old, &new).moved_fraction;
-    // Another operator may have changed the file meanwhile; writing over
-    // their change would lose it, so re-read and refuse instead.
+    // Someone may have changed the file without taking the lock (an
+    // editor); writing over their change would lose it, so re-read and
+    // refuse instead.
     let on_disk = RingDescription::load(file).map_err(|e| e.to_string())?;
     next.check_successor_of(&on_disk)
         .map_err(|e| format!("{} changed while it was being edited: {e}", file.display()))?;

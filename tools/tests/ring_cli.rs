@@ -124,3 +124,35 @@ fn bad_input_exits_non_zero_and_leaves_the_file() {
     ok(&["init", "--file", single_file, "--node", "n1=h:1"]);
     refused(&["remove", "--file", single_file, "--node", "n1"], &single, "last node");
 }
+
+/// Edits run at the same time are applied one after the other: each one
+/// succeeds and raises the epoch, none is lost (two edits that both read
+/// epoch N both wrote N+1, one over the other).
+#[test]
+fn concurrent_edits_are_all_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = dir.path().join("ring.toml");
+    let file = ring.to_str().expect("utf-8 path");
+    ok(&["init", "--file", file, "--node", "n1=127.0.0.1:7001", "--node", "n2=127.0.0.1:7002"]);
+    const ROUNDS: u32 = 8;
+    for round in 0..ROUNDS {
+        let edits: Vec<_> = ["n1/0", "n2/0"]
+            .iter()
+            .map(|member| {
+                let weight = (2 + round).to_string();
+                Command::new(env!("CARGO_BIN_EXE_ringkv"))
+                    .args(["ring", "weight", "--file", file, "--member", member, "--weight", &weight])
+                    .spawn()
+                    .expect("the ringkv binary runs")
+            })
+            .collect();
+        for mut edit in edits {
+            assert!(edit.wait().expect("wait").success(), "round {round}: an edit failed");
+        }
+    }
+    let shown = json(&["show", "--file", file, "--json"]);
+    assert_eq!(shown["epoch"], 1 + 2 * ROUNDS, "every edit raised the epoch once");
+    for member in shown["members"].as_array().expect("members") {
+        assert_eq!(member["weight"], 1 + ROUNDS, "{member}");
+    }
+}
