@@ -343,8 +343,9 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         }
                         if owner == shard.id && shard.runs_directly() {
                             wrote |= ops.iter().any(KeyOp::is_write);
-                            for (op, i) in ops.iter().zip(&positions) {
-                                results[*i] = Some(shard.execute(op));
+                            let local = shard.with_store(|s| crate::op::execute_all(s, &ops));
+                            for (result, i) in local.into_iter().zip(&positions) {
+                                results[*i] = Some(result);
                             }
                         } else {
                             shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);

@@ -114,6 +114,15 @@ impl Protocol for Native {
                 Some(r) => native::put_result(out, *id, r),
                 None => put_error(out, *id, "no result"),
             },
+            // A part that failed (its shard gone, the reply too large) is
+            // the reply, not a miss.
+            Shape::MGet { id } if results.iter().any(|r| matches!(r, OpResult::Error(_))) => {
+                let message = results.iter().find_map(|r| match r {
+                    OpResult::Error(e) => Some(e.as_str()),
+                    _ => None,
+                });
+                put_error(out, *id, message.unwrap_or_default())
+            }
             Shape::MGet { id } => put_response(out, Status::Ok, *id, |o| {
                 o.put_u32_le(results.len() as u32);
                 for r in results {

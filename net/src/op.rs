@@ -253,6 +253,36 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
     execute_hashed(store, op, None)
 }
 
+/// Most bytes of values one request's reads gather on one shard (an MGET):
+/// past it the request is answered with an error. An MGET naming one
+/// 16 MiB key a thousand times copied 16 GB into its reply.
+pub const REPLY_VALUES_MAX_BYTES: usize = 512 << 20;
+
+/// The operations of one multi-key request that fall on one shard, in
+/// order, within [`REPLY_VALUES_MAX_BYTES`]: past it the first result is
+/// an error (which the reply reports) and the reads stop.
+pub fn execute_all(store: &mut Store, ops: &[KeyOp]) -> Vec<OpResult> {
+    execute_within(store, ops, REPLY_VALUES_MAX_BYTES)
+}
+
+fn execute_within(store: &mut Store, ops: &[KeyOp], values_max_bytes: usize) -> Vec<OpResult> {
+    let mut gathered = 0usize;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let result = execute(store, op);
+        if let OpResult::Value(Some(v)) = &result {
+            gathered += v.len();
+            if gathered > values_max_bytes {
+                let mut refused = vec![OpResult::Value(None); ops.len()];
+                refused[0] = OpResult::Error(format!("reply larger than {values_max_bytes} bytes"));
+                return refused;
+            }
+        }
+        results.push(result);
+    }
+    results
+}
+
 /// `execute`, with the key's index hash when the caller has it (GET and
 /// SET then hash nothing).
 pub fn execute_hashed(store: &mut Store, op: &KeyOp, hash: Option<engine::KeyHash>) -> OpResult {
@@ -441,5 +471,21 @@ mod tests {
         assert_eq!(get_range(b"", 0, -1), b"");
         assert_eq!(get_range(v, -100, 2), b"Thi");
         assert_eq!(get_range(v, i64::MIN, i64::MAX), v);
+    }
+
+    /// The reads of one request stop with an error once their values pass
+    /// the budget; below it every value is there.
+    #[test]
+    fn a_request_reading_more_than_its_budget_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine::Config { fsync: engine::FsyncPolicy::Never, ..engine::Config::default() };
+        let (mut store, _) = Store::open(dir.path(), config).unwrap();
+        store.set(b"big", &[7u8; 1000], SetOptions::default()).unwrap();
+        let gets = |n| vec![KeyOp::Get { key: Bytes::from_static(b"big") }; n];
+        let fits = execute_within(&mut store, &gets(10), 10_000);
+        assert!(fits.iter().all(|r| matches!(r, OpResult::Value(Some(v)) if v.len() == 1000)), "{fits:?}");
+        let refused = execute_within(&mut store, &gets(11), 10_000);
+        assert_eq!(refused.len(), 11);
+        assert!(matches!(&refused[0], OpResult::Error(e) if e.contains("reply larger")), "{:?}", refused[0]);
     }
 }

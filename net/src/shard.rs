@@ -21,7 +21,7 @@ use router::Ring;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::limits::Limits;
-use crate::op::{self, KeyOp, OpResult, ShardOp};
+use crate::op::{KeyOp, OpResult, ShardOp};
 
 /// Work sent to another shard.
 #[derive(Debug)]
@@ -252,10 +252,6 @@ impl Shard {
     /// here (otherwise they go through the inbox, which parks them).
     pub fn runs_directly(&self) -> bool {
         self.reservations.borrow().is_idle()
-    }
-
-    pub fn execute(&self, op: &KeyOp) -> OpResult {
-        self.with_store(|s| op::execute(s, op))
     }
 
     /// Runs the compaction that the writes of a batch owe

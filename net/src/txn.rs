@@ -123,7 +123,7 @@ pub fn run_envelope(
     let results = match &envelope.work {
         Work::Keys(ops) => {
             *wrote |= ops.iter().any(KeyOp::is_write);
-            shard.with_store(|s| ops.iter().map(|o| op::execute(s, o)).collect())
+            shard.with_store(|s| op::execute_all(s, ops))
         }
         Work::Shard(sop) => {
             *wrote |= *sop == ShardOp::FlushAll;
