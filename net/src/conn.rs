@@ -116,8 +116,9 @@ pub trait Protocol {
     fn end_batch(&mut self, _shard: &Shard, _elapsed: std::time::Duration) {}
 
     /// The batch's first request as the slow log shows it, and the
-    /// client's name; taken (and forgotten) at the end of every batch.
-    fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes);
+    /// client's name; asked for only when the batch was slow. (Each
+    /// protocol forgets it in `begin_batch`.)
+    fn first_request(&self) -> (Vec<Bytes>, Bytes);
 }
 
 /// Bytes of an incomplete request that must arrive within the partial
@@ -449,8 +450,8 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
         let elapsed = started.elapsed();
         if commands > 0 {
             shard.counters().latency.record_n(elapsed, commands);
-            let (first, name) = proto.take_first_request();
             if shard.shared.slowlog.is_slow(elapsed) {
+                let (first, name) = proto.first_request();
                 let client = peer.map_or_else(String::new, |p| p.to_string());
                 shard.shared.slowlog.record(elapsed, first, client, name, commands);
             }

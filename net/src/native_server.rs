@@ -15,7 +15,7 @@ use crate::shard::Shard;
 pub struct Native {
     authenticated: bool,
     /// The batch's first request, for the slow log (only while it is on).
-    first: Option<Vec<bytes::Bytes>>,
+    first: crate::slowlog::FirstRequest,
 }
 
 /// How a native job's results are rendered.
@@ -49,10 +49,8 @@ impl Protocol for Native {
             }
         };
         let id = request.id;
-        if self.first.is_none() && shared.slowlog.enabled() {
-            let summary = request.body.summary();
-            let refs: Vec<&[u8]> = summary.iter().map(|a| &a[..]).collect();
-            self.first = Some(crate::slowlog::capture(&refs));
+        if !self.first.is_kept() && shared.slowlog.enabled() {
+            self.first.keep(request.body.summary().iter().map(|a| &a[..]));
         }
         if let Some(secret) = &shared.requirepass {
             if !self.authenticated {
@@ -101,9 +99,9 @@ impl Protocol for Native {
             return None;
         }
         let native::GetSet { id, set, key, value, end } = native::decode_get_set(buf, &shared.limits)?;
-        if self.first.is_none() && shared.slowlog.enabled() {
+        if !self.first.is_kept() && shared.slowlog.enabled() {
             let name: &[u8] = if set { b"SET" } else { b"GET" };
-            self.first = Some(crate::slowlog::capture(&[name, &buf[key.clone()]]));
+            self.first.keep([name, &buf[key.clone()]]);
         }
         Some((Cut { key, value: set.then_some(value), end }, Shape::Key { id }))
     }
@@ -171,8 +169,12 @@ impl Protocol for Native {
         }
     }
 
-    fn take_first_request(&mut self) -> (Vec<bytes::Bytes>, bytes::Bytes) {
-        (self.first.take().unwrap_or_default(), bytes::Bytes::new())
+    fn begin_batch(&mut self, _started: std::time::Instant) {
+        self.first.forget();
+    }
+
+    fn first_request(&self) -> (Vec<bytes::Bytes>, bytes::Bytes) {
+        (self.first.entry_args(), bytes::Bytes::new())
     }
 }
 

@@ -407,7 +407,7 @@ pub struct Resp {
     name: Option<Bytes>,
     id: u64,
     /// The batch's first command, kept for the slow log while it is on.
-    first: Option<Vec<Bytes>>,
+    first: crate::slowlog::FirstRequest,
     /// What is checked of the incomplete command at the front of the
     /// connection's buffer (`parse_command_resuming`).
     progress: Progress,
@@ -639,6 +639,14 @@ fn command_index(name: &str) -> Option<usize> {
     INDEX.get_or_init(|| COMMANDS.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect()).get(name).copied()
 }
 
+/// Redis's words for a client name with a space, a newline or another
+/// byte outside `!`..=`~` (CLIENT LIST could not be parsed).
+const CLIENT_NAME_INVALID: &str = "ERR Client names cannot contain spaces, newlines or special characters.";
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
 fn wrong_args(name: &str) -> Form {
     Form::Error(format!("ERR wrong number of arguments for '{name}' command"))
 }
@@ -721,9 +729,8 @@ impl Protocol for Resp {
                 }
             }
         };
-        if self.first.is_none() && shard.shared.slowlog.enabled() {
-            let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
-            self.first = Some(crate::slowlog::capture(&refs));
+        if !self.first.is_kept() && shard.shared.slowlog.enabled() {
+            self.first.keep(args.iter().map(|a| &a[..]));
         }
         Some(self.plan(args, shard))
     }
@@ -740,10 +747,9 @@ impl Protocol for Resp {
         // The bytes at the front leave the buffer: what was checked of them
         // is no longer there.
         self.progress = Progress::default();
-        if self.first.is_none() && shard.shared.slowlog.enabled() {
+        if !self.first.is_kept() && shard.shared.slowlog.enabled() {
             let (name, key, value) = (&buf[8..11], &buf[key.clone()], &buf[value.clone()]);
-            let args: &[&[u8]] = if set { &[name, key, value] } else { &[name, key] };
-            self.first = Some(crate::slowlog::capture(args));
+            self.first.keep([name, key, value].into_iter().take(if set { 3 } else { 2 }));
         }
         let shape = if set {
             Shape::new(Form::Set { get: false }, Some(SET), false)
@@ -792,14 +798,15 @@ impl Protocol for Resp {
     fn begin_batch(&mut self, started: std::time::Instant) {
         self.batch.started = Some(started);
         self.batch.counted_usec = 0;
+        self.first.forget();
     }
 
     fn end_batch(&mut self, shard: &Shard, elapsed: std::time::Duration) {
         self.batch.flush(shard, elapsed.as_micros() as u64);
     }
 
-    fn take_first_request(&mut self) -> (Vec<Bytes>, Bytes) {
-        (self.first.take().unwrap_or_default(), self.name.clone().unwrap_or_default())
+    fn first_request(&self) -> (Vec<Bytes>, Bytes) {
+        (self.first.entry_args(), self.name.clone().unwrap_or_default())
     }
 }
 
@@ -1099,6 +1106,13 @@ impl Resp {
             "config" if argc >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
                 reply(Form::Array(config_get(&args[2..], shard)))
             }
+            "config" if args[1].eq_ignore_ascii_case(b"get") => reply(wrong_args("config|get")),
+            // CONFIG SET, REWRITE and RESETSTAT are not served: the
+            // configuration is the command line's.
+            "config" => reply(Form::Error(format!(
+                "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                String::from_utf8_lossy(&args[1])
+            ))),
             "client" => self.client(args),
             "slowlog" => reply(slowlog(args, shard)),
             _ => reply(wrong_args(name)),
@@ -1186,6 +1200,9 @@ impl Resp {
                     self.authenticated = true;
                     i += 3;
                 }
+                b"SETNAME" if i + 1 < args.len() && !valid_client_name(&args[i + 1]) => {
+                    return Job::Reply(Form::Error(CLIENT_NAME_INVALID.into()));
+                }
                 b"SETNAME" if i + 1 < args.len() => {
                     self.name = Some(Bytes::copy_from_slice(&args[i + 1]));
                     i += 2;
@@ -1214,8 +1231,10 @@ impl Resp {
     fn client(&mut self, args: &[Bytes]) -> Job<Form> {
         let sub = args[1].to_ascii_lowercase();
         Job::Reply(match (sub.as_slice(), args.len()) {
+            (b"setname", 3) if !valid_client_name(&args[2]) => Form::Error(CLIENT_NAME_INVALID.into()),
             (b"setname", 3) => {
-                self.name = Some(Bytes::copy_from_slice(&args[2]));
+                // An empty name removes the name, as in Redis.
+                self.name = (!args[2].is_empty()).then(|| Bytes::copy_from_slice(&args[2]));
                 Form::Simple("OK")
             }
             (b"getname", 2) => Form::Bulk(self.name.clone()),
