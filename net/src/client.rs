@@ -328,22 +328,43 @@ impl Client {
     }
 
     /// Sends one request to `shard`, retrying transient failures of
-    /// idempotent requests with exponential backoff.
-    async fn request(&mut self, shard: usize, body: RequestBody, idempotent: bool) -> Result<Response, ClientError> {
+    /// idempotent requests with exponential backoff. When a shard's port
+    /// refuses the connection, the node may have restarted with other
+    /// ports (or shards): the ring is fetched again from the seed once and
+    /// the request routed anew. It was never sent, so even a write may go
+    /// again.
+    async fn request(
+        &mut self,
+        mut shard: usize,
+        body: RequestBody,
+        idempotent: bool,
+    ) -> Result<Response, ClientError> {
         let attempts = if idempotent { self.config.attempts.max(1) } else { 1 };
         let mut backoff = self.config.backoff_initial;
         let mut last = None;
-        for attempt in 0..attempts {
+        let mut refreshed = false;
+        let mut attempt = 0;
+        while attempt < attempts {
             if attempt > 0 {
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
+            attempt += 1;
             let result = match self.conn(shard).await {
                 Ok(conn) => conn.call(&body).await,
                 Err(e) => Err(e),
             };
             match result {
                 Ok(resp) => return resp.ok(),
+                Err(ClientError::Connect { .. }) if self.ring.is_some() && !refreshed => {
+                    refreshed = true;
+                    self.refresh_ring().await?;
+                    shard = match &body {
+                        RequestBody::Key(op) => self.shard_for(op.key()),
+                        _ => 0,
+                    };
+                    attempt -= 1;
+                }
                 Err(e) => {
                     // Whatever failed, the connection's state is unknown
                     // (a late reply would answer the next request): drop it.
@@ -356,6 +377,14 @@ impl Client {
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    /// Fetches the ring from the seed again and routes by it from now on
+    /// (every shard connection is made anew).
+    pub async fn refresh_ring(&mut self) -> Result<(), ClientError> {
+        let mut seed = Connection::connect(self.seed, &self.config).await?;
+        let ring = seed.call(&RequestBody::Ring).await?.ok()?;
+        self.install_ring(ring.body, self.seed)
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {

@@ -169,6 +169,13 @@ pub enum KeyOpWire {
 }
 
 impl KeyOpWire {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            KeyOpWire::Get(k) | KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k) => k,
+            KeyOpWire::Set { key, .. } | KeyOpWire::Expire { key, .. } => key,
+        }
+    }
+
     /// True when turning this into an operation needs the clock.
     pub fn needs_clock(&self) -> bool {
         matches!(self, KeyOpWire::Set { ttl_ms: 1.., .. } | KeyOpWire::Expire { ttl_ms: 1.., .. })
