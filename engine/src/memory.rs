@@ -8,8 +8,10 @@
 //! still fill and eviction's copies need), and room for the index's next
 //! growth step once that step is near. When it does not:
 //! - in store mode, a write that adds data fails with `OutOfMemory`
-//!   (deletes and expiry changes still go through: they free memory, and
-//!   the headroom covers their tombstones);
+//!   (deletes, and expiries that delete, still go through: they free
+//!   memory, and the headroom covers their tombstones; an expiry change
+//!   that keeps the key writes a new copy of its record, so it fails like
+//!   a SET, where Redis would take it);
 //! - in cache mode, the oldest segment is evicted until the headroom is
 //!   back.
 //!
@@ -40,13 +42,20 @@ impl Store {
         self.make_room_for(0, adds_data)
     }
 
-    /// Makes room under the bound for `bytes` of records about to be
-    /// written together, beyond the usual headroom: evicting (cache mode),
-    /// or refusing them all at once with `OutOfMemory` (store mode). A
-    /// multi-key write (MSET) calls it first, so that it does not stop half
-    /// way for want of room.
+    /// In store mode, checks that `bytes` of records about to be written
+    /// together fit under the bound beyond the usual headroom, and refuses
+    /// them all at once with `OutOfMemory` if not. A multi-key write (MSET)
+    /// calls it first, so that it does not stop half way for want of room.
+    /// (Room taken meanwhile by other writes, before an MSET across shards
+    /// commits, can still stop it half way on a shard.)
     pub fn reserve_room(&mut self, bytes: u64) -> Result<()> {
-        self.make_room_for(bytes, true)
+        match self.config.mode {
+            Mode::Store => self.make_room_for(bytes, true),
+            // Each write evicts what it needs as it goes, as Redis's LRU
+            // does; making room for all of them first emptied the cache,
+            // then failed, for a write larger than the bound.
+            Mode::Cache => Ok(()),
+        }
     }
 
     fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {

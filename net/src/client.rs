@@ -356,14 +356,24 @@ impl Client {
             };
             match result {
                 Ok(resp) => return resp.ok(),
-                Err(ClientError::Connect { .. }) if self.ring.is_some() && !refreshed => {
+                Err(e @ ClientError::Connect { .. }) if self.ring.is_some() && !refreshed => {
                     refreshed = true;
-                    self.refresh_ring().await?;
-                    shard = match &body {
-                        RequestBody::Key(op) => self.shard_for(op.key()),
-                        _ => 0,
-                    };
-                    attempt -= 1;
+                    match self.refresh_ring().await {
+                        Ok(()) => {
+                            shard = match &body {
+                                RequestBody::Key(op) => self.shard_for(op.key()),
+                                _ => 0,
+                            };
+                            // A free attempt: nothing was sent.
+                            attempt -= 1;
+                        }
+                        // The seed refuses too (a restart under way): this
+                        // attempt failed, the next ones may not.
+                        Err(_) => {
+                            self.conns[shard] = None;
+                            last = Some(e);
+                        }
+                    }
                 }
                 Err(e) => {
                     // Whatever failed, the connection's state is unknown

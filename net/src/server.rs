@@ -224,6 +224,9 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         resp_port: resp_addr.map(|a| a.port()),
     });
 
+    // For stopping what started when the start fails part way (`shared`
+    // itself is shadowed by each thread's clone below).
+    let node = shared.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, ServerError>>();
     let mut threads = Vec::new();
     let allowed_cpus = cpu_list();
@@ -239,43 +242,45 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         // `taskset` those differ.
         let pin = config.pin_cores.then(|| allowed_cpus.get(id % allowed_cpus.len().max(1)).copied()).flatten();
         let grace = config.shutdown_grace;
-        let thread = std::thread::Builder::new()
-            .name(format!("shard-{id}"))
-            .spawn(move || {
-                // The blocking pool's threads (flushes, segment files) are
-                // started by this thread and would inherit its pin: they
-                // get the process's CPUs back, so that a flush does not
-                // take this shard's core from its requests.
-                let unpinned = pin.and_then(|_| affinity());
-                if let Some(cpu) = pin {
-                    let mut set = empty_cpu_set();
-                    // SAFETY: `set` is a valid cpu_set_t; `cpu` is below the
-                    // CPU count, within CPU_SETSIZE.
-                    unsafe { libc::CPU_SET(cpu, &mut set) };
-                    if !set_affinity(&set) {
-                        tracing::warn!(cpu, "could not pin shard thread");
-                    }
+        let thread = std::thread::Builder::new().name(format!("shard-{id}")).spawn(move || {
+            // The blocking pool's threads (flushes, segment files) are
+            // started by this thread and would inherit its pin: they
+            // get the process's CPUs back, so that a flush does not
+            // take this shard's core from its requests.
+            let unpinned = pin.and_then(|_| affinity());
+            if let Some(cpu) = pin {
+                let mut set = empty_cpu_set();
+                // SAFETY: `set` is a valid cpu_set_t; `cpu` is below the
+                // CPU count, within CPU_SETSIZE.
+                unsafe { libc::CPU_SET(cpu, &mut set) };
+                if !set_affinity(&set) {
+                    tracing::warn!(cpu, "could not pin shard thread");
                 }
-                let store = match Store::open(&dir, store_config) {
-                    Ok((store, report)) => {
-                        tracing::info!(
-                            shard = id,
-                            keys = store.len(),
-                            hint = report.hint_used,
-                            ms = report.duration.as_millis() as u64,
-                            "store opened"
-                        );
-                        store
-                    }
-                    Err(source) => {
-                        let _ = ready.send(Err(ServerError::Store { shard: id, source }));
-                        return Ok(());
-                    }
-                };
-                run_shard(id, shared, store, inbox, native, resp, own, ready, grace, unpinned)
-            })
-            .map_err(|e| ServerError::Config(format!("spawn shard thread: {e}")))?;
-        threads.push(thread);
+            }
+            let store = match Store::open(&dir, store_config) {
+                Ok((store, report)) => {
+                    tracing::info!(
+                        shard = id,
+                        keys = store.len(),
+                        hint = report.hint_used,
+                        ms = report.duration.as_millis() as u64,
+                        "store opened"
+                    );
+                    store
+                }
+                Err(source) => {
+                    let _ = ready.send(Err(ServerError::Store { shard: id, source }));
+                    return Ok(());
+                }
+            };
+            run_shard(id, shared, store, inbox, native, resp, own, ready, grace, unpinned)
+        });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                return Err(stop_started(&node, threads, ServerError::Config(format!("spawn shard thread: {e}"))))
+            }
+        }
     }
     drop(ready_tx);
     for _ in 0..shards {
@@ -285,44 +290,55 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             // Every sender is gone and a shard never said: its thread died.
             Err(_) => ServerError::ThreadDied(threads.iter().position(|t| t.is_finished()).unwrap_or(0)),
         };
-        // The shards that did start stop again, their stores closed, before
-        // the error is returned: nothing keeps running, nothing keeps a
-        // data directory locked.
-        shared.shutdown.send_replace(true);
-        for thread in threads {
-            let _ = thread.join();
-        }
-        return Err(failed);
+        return Err(stop_started(&node, threads, failed));
     }
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = SocketAddr::new(config.bind, config.metrics_port.unwrap_or(0));
             let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
             let shared = shared.clone();
-            let thread = std::thread::Builder::new()
-                .name("metrics".into())
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| ServerError::Config(format!("metrics runtime: {e}")))?;
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, async {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => crate::metrics::serve(l, shared).await,
-                            Err(e) => tracing::error!(error = %e, "metrics listener"),
-                        }
-                    });
-                    Ok(())
-                })
-                .map_err(|e| ServerError::Config(format!("spawn metrics thread: {e}")))?;
-            threads.push(thread);
+            let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ServerError::Config(format!("metrics runtime: {e}")))?;
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => crate::metrics::serve(l, shared).await,
+                        Err(e) => tracing::error!(error = %e, "metrics listener"),
+                    }
+                });
+                Ok(())
+            });
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    let error = ServerError::Config(format!("spawn metrics thread: {e}"));
+                    return Err(stop_started(&node, threads, error));
+                }
+            }
             Some(bound)
         }
         None => None,
     };
     tracing::info!(%native_addr, ?resp_addr, ?metrics_addr, shards, "ringkv serving");
     Ok(ServerHandle { native_addr, resp_addr, shard_addrs, metrics_addr, shared, threads })
+}
+
+/// A start that failed part way: the shards that did start stop again,
+/// their stores closed, before `error` is returned, so that nothing keeps
+/// running and no data directory stays locked.
+fn stop_started(
+    shared: &Shared,
+    threads: Vec<std::thread::JoinHandle<Result<(), ServerError>>>,
+    error: ServerError,
+) -> ServerError {
+    shared.shutdown.send_replace(true);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    error
 }
 
 /// The ring of this node's shards (one node, `shards` members).

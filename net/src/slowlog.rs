@@ -173,9 +173,19 @@ impl FirstRequest {
         match kept.first() {
             Some(name) if name.eq_ignore_ascii_case(b"auth") => kept[1..].iter_mut().for_each(|a| *a = redacted()),
             Some(name) if name.eq_ignore_ascii_case(b"hello") => {
-                // HELLO protover AUTH username password ...
-                if let Some(at) = kept.iter().position(|a| a.eq_ignore_ascii_case(b"auth")) {
-                    kept.iter_mut().skip(at + 1).take(2).for_each(|a| *a = redacted());
+                // HELLO protover [AUTH username password] [SETNAME name]:
+                // options read in order, so that a client named "auth"
+                // does not hide where the password is.
+                let mut at = 2;
+                while at < kept.len() {
+                    if kept[at].eq_ignore_ascii_case(b"auth") {
+                        kept.iter_mut().skip(at + 1).take(2).for_each(|a| *a = redacted());
+                        at += 3;
+                    } else if kept[at].eq_ignore_ascii_case(b"setname") {
+                        at += 2;
+                    } else {
+                        at += 1;
+                    }
                 }
             }
             _ => {}
@@ -262,5 +272,9 @@ mod tests {
         let hello = capture(&[b"hello", b"3", b"AUTH", b"default", b"hunter2", b"SETNAME", b"app"]);
         let hello: Vec<&[u8]> = hello.iter().map(|a| &a[..]).collect();
         assert_eq!(hello, [&b"hello"[..], b"3", b"AUTH", b"(redacted)", b"(redacted)", b"SETNAME", b"app"]);
+        // A client named "auth" before the credentials.
+        let named = capture(&[b"HELLO", b"2", b"SETNAME", b"auth", b"AUTH", b"default", b"secret"]);
+        let named: Vec<&[u8]> = named.iter().map(|a| &a[..]).collect();
+        assert_eq!(named, [&b"HELLO"[..], b"2", b"SETNAME", b"auth", b"AUTH", b"(redacted)", b"(redacted)"]);
     }
 }

@@ -304,4 +304,26 @@ mod tests {
         assert_eq!(apply(&mut store, &fits, false), OpResult::Existed(false));
         assert_eq!(store.get(b"small"), Some(&b"s"[..]));
     }
+
+    /// In cache mode an MSET larger than the bound is written pair by
+    /// pair, each evicting what it needs, as Redis's LRU does (making room
+    /// for all of it first emptied the cache, then failed).
+    #[test]
+    fn a_cache_takes_an_mset_larger_than_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let bound = 16 << 20;
+        let config = Config {
+            mode: engine::Mode::Cache,
+            memory_max_bytes: Some(bound),
+            segment_size_bytes: engine::segment_size_for_memory(bound),
+            fsync: FsyncPolicy::Never,
+            ..Config::default()
+        };
+        let (mut store, _) = Store::open(dir.path(), config).unwrap();
+        let value = Bytes::from(vec![b'v'; 100 << 10]);
+        let pairs: Vec<(Bytes, Bytes)> = (0..200).map(|i| (Bytes::from(format!("k{i}")), value.clone())).collect();
+        assert_eq!(apply(&mut store, &pairs, false), OpResult::Existed(false));
+        assert_eq!(store.get(b"k199").map(<[u8]>::len), Some(100 << 10), "the last pairs are there");
+        assert!(store.memory_used_bytes() <= bound);
+    }
 }
