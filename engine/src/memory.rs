@@ -46,8 +46,6 @@ impl Store {
     /// together fit under the bound beyond the usual headroom, and refuses
     /// them all at once with `OutOfMemory` if not. A multi-key write (MSET)
     /// calls it first, so that it does not stop half way for want of room.
-    /// (Room taken meanwhile by other writes, before an MSET across shards
-    /// commits, can still stop it half way on a shard.)
     pub fn reserve_room(&mut self, bytes: u64) -> Result<()> {
         match self.config.mode {
             Mode::Store => self.make_room_for(bytes, true),
@@ -58,11 +56,32 @@ impl Store {
         }
     }
 
+    /// `reserve_room`, and the room kept for those writes until
+    /// `release_room`: other writes meanwhile must leave it free. An MSET
+    /// across shards holds room on each shard between its prepare and its
+    /// commit (without it, writes in between could fill a shard, and the
+    /// commit stopped half way there while the other shards had written).
+    pub fn hold_room(&mut self, bytes: u64) -> Result<()> {
+        if self.config.mode == Mode::Store && self.config.memory_max_bytes.is_some() {
+            self.make_room_for(bytes, true)?;
+            self.held_bytes += bytes;
+        }
+        Ok(())
+    }
+
+    /// Gives back room taken by `hold_room`.
+    pub fn release_room(&mut self, bytes: u64) {
+        if self.config.mode == Mode::Store && self.config.memory_max_bytes.is_some() {
+            self.held_bytes = self.held_bytes.saturating_sub(bytes);
+        }
+    }
+
     fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {
         let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
         // One segment of headroom: room for the active segment to fill,
-        // and for eviction's copies to roll into a new one.
-        let headroom = self.log.segment_size() as u64 + bytes;
+        // and for eviction's copies to roll into a new one; and the room
+        // held for writes to come.
+        let headroom = self.log.segment_size() as u64 + bytes + self.held_bytes;
         loop {
             let used_bytes = self.memory_used_bytes();
             if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {

@@ -152,6 +152,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         flushes_planned_by_caller: false,
         config,
         poisoned: None,
+        held_bytes: 0,
         compaction: None,
         compacted_waiting: Vec::new(),
         scratch: Vec::new(),

@@ -306,6 +306,10 @@ pub struct Store {
     pub(crate) config: Config,
     /// Set when a flush failed; every write is refused from then on.
     pub(crate) poisoned: Option<String>,
+    /// Room under the memory bound promised to writes that will come
+    /// (`hold_room`): an MSET across shards between its prepare and its
+    /// commit. Other writes must leave it free.
+    pub(crate) held_bytes: u64,
     pub(crate) last_sync_ms: u64,
     /// When the current second of writes began, and `written_bytes` then
     /// (`decide_paging`).

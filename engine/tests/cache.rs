@@ -91,11 +91,9 @@ fn eviction_keeps_keys_that_are_read() {
     assert!(store.stats().evicted_keys > 10_000);
 }
 
-#[test]
-fn store_mode_refuses_writes_at_the_bound_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(1_000_000));
-    let (mut store, _) = Store::open(dir.path(), bounded(Mode::Store, &clock)).unwrap();
+/// Writes `key(0..)` with 500-byte values until the store refuses one
+/// for want of memory: how many it took, and the refusal.
+fn fill_until_refused(store: &mut Store) -> (u64, Error) {
     let mut acknowledged = 0u64;
     let refused = loop {
         match store.set(&key(acknowledged), &value(acknowledged, 500), SetOptions::default()) {
@@ -105,6 +103,15 @@ fn store_mode_refuses_writes_at_the_bound_and_loses_nothing() {
         assert!(acknowledged < 10 * BOUND_BYTES / 500, "never refused");
     };
     assert!(matches!(refused, Error::OutOfMemory { .. }), "{refused}");
+    (acknowledged, refused)
+}
+
+#[test]
+fn store_mode_refuses_writes_at_the_bound_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let (mut store, _) = Store::open(dir.path(), bounded(Mode::Store, &clock)).unwrap();
+    let (acknowledged, refused) = fill_until_refused(&mut store);
     assert!(refused.to_string().contains("store is full"), "{refused}");
     assert!(store.memory_used_bytes() <= BOUND_BYTES);
     for i in 0..acknowledged {
@@ -170,6 +177,27 @@ fn expired_keys_are_reclaimed_without_reads() {
     assert!(after.memory_used_bytes < before.memory_used_bytes / 4, "before {before:?}\nafter {after:?}");
     assert_eq!(after.hits + after.misses, 0, "nothing was read");
     assert_eq!(store.get(b"persistent"), Some(&b"stays"[..]));
+}
+
+/// Room held for writes to come (an MSET across shards between its
+/// prepare and its commit) stays free: other writes are refused before
+/// they take it, and the held writes fit once it is released.
+#[test]
+fn room_held_for_writes_to_come_stays_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let (mut store, _) = Store::open(dir.path(), bounded(Mode::Store, &clock)).unwrap();
+    let held = 256 << 10;
+    store.hold_room(held).unwrap();
+    let (n, _) = fill_until_refused(&mut store);
+    store.release_room(held);
+    // What was held: 200 KiB of records, with room to spare for headers.
+    for i in 0..200u64 {
+        store.set(format!("held:{i}").as_bytes(), &value(i, 1000), SetOptions::default()).unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(store.get(&key(i)), Some(&value(i, 500)[..]), "key {i}");
+    }
 }
 
 /// A clock that steps back does not hold up the reclaiming of keys that

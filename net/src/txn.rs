@@ -150,11 +150,15 @@ pub fn run_envelope(
 fn run_step(shard: &Shard, step: &TxnStep) -> (OpResult, bool, bool) {
     match step {
         TxnStep::Prepare { txn, pairs, only_if_absent } => {
-            if let Some(err) = shard.with_store(|s| refuse(s, pairs)) {
+            if let Some(err) = shard.with_store(|s| refuse_sizes(s, pairs)) {
                 return (err, false, false);
             }
             let exists = *only_if_absent && shard.with_store(|s| pairs.iter().any(|(k, _)| s.exists(k)));
             if !exists {
+                // The room the commit will need stays free until then.
+                if let Err(e) = shard.with_store(|s| s.hold_room(record_bytes(pairs))) {
+                    return (OpResult::Error(e.to_string()), false, false);
+                }
                 let mut res = shard.reservations.borrow_mut();
                 for (k, _) in pairs {
                     res.held.insert(k.clone(), *txn);
@@ -165,13 +169,19 @@ fn run_step(shard: &Shard, step: &TxnStep) -> (OpResult, bool, bool) {
         }
         TxnStep::Commit { txn } => {
             let pairs = shard.reservations.borrow_mut().release(*txn).unwrap_or_default();
-            // Checked at prepare; a store that fails now (poisoned, full)
-            // is the one case that leaves a partial write.
-            let result = shard.with_store(|s| write_all(s, &pairs)).map_or(OpResult::Done, OpResult::Error);
-            (result, !pairs.is_empty(), true)
+            // Checked at prepare, and the room held since; a store that
+            // fails now (poisoned) is the one case that leaves a partial
+            // write.
+            let result = shard.with_store(|s| {
+                s.release_room(record_bytes(&pairs));
+                write_all(s, &pairs)
+            });
+            (result.map_or(OpResult::Done, OpResult::Error), !pairs.is_empty(), true)
         }
         TxnStep::Abort { txn } => {
-            shard.reservations.borrow_mut().release(*txn);
+            if let Some(pairs) = shard.reservations.borrow_mut().release(*txn) {
+                shard.with_store(|s| s.release_room(record_bytes(&pairs)));
+            }
             (OpResult::Done, false, true)
         }
         TxnStep::Apply { pairs, only_if_absent } => {
@@ -203,15 +213,24 @@ fn write_all(store: &mut engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<Stri
     pairs.iter().map(|(k, v)| store.set(k, v, set)).find_map(Result::err).map(|e| e.to_string())
 }
 
-/// Refuses up front what the store would refuse at commit time: a key or
-/// value too long, a poisoned store, and (over a store's memory bound) the
-/// room for all of them; in cache mode that room is made now.
+/// Refuses up front what the store would refuse when the pairs are
+/// written: a key or value too long, a poisoned store, and (over a store's
+/// memory bound) the room for all of them.
 fn refuse(store: &mut engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
-    let sizes = pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err());
-    // Each record: its key, its value and a header of at most this much.
+    refuse_sizes(store, pairs)
+        .or_else(|| store.reserve_room(record_bytes(pairs)).err().map(|e| OpResult::Error(e.to_string())))
+}
+
+/// `refuse` without the room, which a prepare holds instead.
+fn refuse_sizes(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpResult> {
+    pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err()).map(|e| OpResult::Error(e.to_string()))
+}
+
+/// The log bytes the pairs take at most: each record's key, value and a
+/// header of at most `RECORD_OVERHEAD_MAX_BYTES`.
+fn record_bytes(pairs: &[(Bytes, Bytes)]) -> u64 {
     const RECORD_OVERHEAD_MAX_BYTES: u64 = 32;
-    let bytes = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64 + RECORD_OVERHEAD_MAX_BYTES).sum();
-    sizes.or_else(|| store.reserve_room(bytes).err()).map(|e| OpResult::Error(e.to_string()))
+    pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64 + RECORD_OVERHEAD_MAX_BYTES).sum()
 }
 
 /// Coordinates one MSET (`only_if_absent` false) or MSETNX from the
