@@ -34,6 +34,9 @@ fn a_scrape_reports_commands_keys_and_connections() {
     c.call(&["PERSIST", "k1"]);
     c.call(&["SETRANGE", "k2", "0", "y"]);
     c.call(&["NOSUCHCOMMAND"]);
+    // A command only ever refused (wrong arity) still counts its errors.
+    c.call(&["STRLEN"]);
+    c.call(&["STRLEN"]);
     // A batch's commandstats reach the shard once its replies are written,
     // so the last reply above has been counted when it arrived.
     let text = http_get(metrics, "/metrics");
@@ -44,6 +47,9 @@ fn a_scrape_reports_commands_keys_and_connections() {
     assert_eq!(total(&text, "ringkv_connections"), 1.0, "the RESP client is connected");
     let sets = text.lines().find(|l| l.starts_with("ringkv_command_calls_total{protocol=\"resp\",command=\"set\"}"));
     assert_eq!(sets.and_then(|l| l.rsplit_once(' ')).map(|(_, v)| v), Some("50"), "{text}");
+    let strlen =
+        text.lines().find(|l| l.starts_with("ringkv_command_errors_total{protocol=\"resp\",command=\"strlen\"}"));
+    assert_eq!(strlen.and_then(|l| l.rsplit_once(' ')).map(|(_, v)| v), Some("2"), "{text}");
     assert!(total(&text, "ringkv_live_bytes") > 0.0);
     assert!(total(&text, "ringkv_segments") >= 2.0, "one segment a shard at least");
     assert_eq!(total(&text, "ringkv_keyspace_hits_total"), 30.0, "{text}");

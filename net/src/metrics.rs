@@ -165,16 +165,16 @@ pub async fn render(shared: &Shared) -> String {
             shared.counters.iter().filter_map(|c| c.commandstats.get(i)).map(f).sum()
         };
         let n = sum(&|c| c.calls.load(Ordering::Relaxed));
-        if n == 0 {
+        let errors = sum(&|c| c.failed.load(Ordering::Relaxed)) + sum(&|c| c.rejected.load(Ordering::Relaxed));
+        // A command only ever refused (wrong arity, NOAUTH) has no calls
+        // but its errors count.
+        if n == 0 && errors == 0 {
             continue;
         }
         let label = format!("{{protocol=\"resp\",command=\"{name}\"}}");
         calls.push((label.clone(), n as f64));
         usec.push((label.clone(), sum(&|c| c.usec.load(Ordering::Relaxed)) as f64 / 1e6));
-        failed.push((
-            label,
-            (sum(&|c| c.failed.load(Ordering::Relaxed)) + sum(&|c| c.rejected.load(Ordering::Relaxed))) as f64,
-        ));
+        failed.push((label, errors as f64));
     }
     family("ringkv_command_calls_total", "counter", "RESP commands by name.", calls);
     family("ringkv_command_seconds_total", "counter", "Time RESP commands took, as clients saw it.", usec);

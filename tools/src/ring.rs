@@ -181,7 +181,16 @@ fn init(args: InitArgs) -> Result<String, String> {
             PlacementArg::Ketama => Placement::Ketama,
         },
     };
-    let description = RingDescription::init(&config).map_err(|e| e.to_string())?;
+    let mut description = RingDescription::init(&config).map_err(|e| e.to_string())?;
+    // Over an existing ring (`--force`), the new one is still its
+    // successor: its epoch goes past the old one's, so that nothing that
+    // knew the old ring takes the new one for an older one (it was reset
+    // to 1).
+    if args.file.exists() {
+        if let Ok(old) = RingDescription::load(&args.file) {
+            description.epoch = old.epoch.saturating_add(1).min(router::MAX_EPOCH);
+        }
+    }
     description.save(&args.file).map_err(|e| e.to_string())?;
     Ok(format!(
         "wrote {} at epoch {} with {} members\n",

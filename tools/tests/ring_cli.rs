@@ -156,3 +156,20 @@ fn concurrent_edits_are_all_applied() {
         assert_eq!(member["weight"], 1 + ROUNDS, "{member}");
     }
 }
+
+/// `init --force` over an existing ring writes a successor: its epoch goes
+/// past the old one's (it was reset to 1, and a node that knew epoch 2
+/// would have taken the new ring for an older one).
+#[test]
+fn init_over_a_ring_raises_its_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = dir.path().join("ring.toml");
+    let file = ring.to_str().expect("utf-8 path");
+    ok(&["init", "--file", file, "--node", "n1=127.0.0.1:7001", "--node", "n2=127.0.0.1:7002"]);
+    ok(&["weight", "--file", file, "--member", "n1/0", "--weight", "2"]);
+    assert_eq!(json(&["show", "--file", file, "--json"])["epoch"], 2);
+    ok(&["init", "--file", file, "--force", "--node", "n3=127.0.0.1:7003"]);
+    let shown = json(&["show", "--file", file, "--json"]);
+    assert_eq!(shown["epoch"], 3);
+    assert_eq!(shown["members"].as_array().expect("members").len(), 1);
+}
