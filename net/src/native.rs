@@ -39,6 +39,24 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// The operation's name, as the slow log shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Opcode::Get => "GET",
+            Opcode::Set => "SET",
+            Opcode::Del => "DEL",
+            Opcode::Exists => "EXISTS",
+            Opcode::Expire => "EXPIRE",
+            Opcode::Ttl => "TTL",
+            Opcode::MGet => "MGET",
+            Opcode::MSet => "MSET",
+            Opcode::Ping => "PING",
+            Opcode::Stats => "STATS",
+            Opcode::Auth => "AUTH",
+            Opcode::Ring => "RING",
+        }
+    }
+
     pub fn from_u8(b: u8) -> Option<Opcode> {
         use Opcode::*;
         Some(match b {
@@ -134,17 +152,15 @@ impl RequestBody {
     }
 
     /// The request as the slow log shows it: the operation's name and its
-    /// first key, if any (never a value or a secret).
-    pub fn summary(&self) -> Vec<Bytes> {
-        let name = Bytes::from(format!("{:?}", self.opcode()).to_ascii_uppercase());
+    /// first key, if any (never a value or a secret), borrowed.
+    pub fn summary(&self) -> impl Iterator<Item = &[u8]> {
         let key = match self {
-            RequestBody::Key(KeyOpWire::Get(k) | KeyOpWire::Del(k) | KeyOpWire::Exists(k) | KeyOpWire::Ttl(k))
-            | RequestBody::Key(KeyOpWire::Set { key: k, .. } | KeyOpWire::Expire { key: k, .. }) => Some(k.clone()),
-            RequestBody::MGet(keys) => keys.first().cloned(),
-            RequestBody::MSet(pairs) => pairs.first().map(|(k, _)| k.clone()),
+            RequestBody::Key(op) => Some(op.key()),
+            RequestBody::MGet(keys) => keys.first(),
+            RequestBody::MSet(pairs) => pairs.first().map(|(k, _)| k),
             RequestBody::Ping | RequestBody::Stats | RequestBody::Auth(_) | RequestBody::Ring => None,
         };
-        std::iter::once(name).chain(key).collect()
+        std::iter::once(self.opcode().name().as_bytes()).chain(key.map(|k| &k[..]))
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::{BufMut, BytesMut};
 
 use crate::conn::{Cut, Job, Protocol};
-use crate::native::{self, put_bytes, put_error, put_response, RequestBody, Status};
+use crate::native::{self, put_bytes, put_error, put_response, Opcode, RequestBody, Status};
 use crate::op::{KeyOp, OpResult, ShardOp};
 use crate::shard::Shard;
 
@@ -50,7 +50,7 @@ impl Protocol for Native {
         };
         let id = request.id;
         if !self.first.is_kept() && shared.slowlog.enabled() {
-            self.first.keep(request.body.summary().iter().map(|a| &a[..]));
+            self.first.keep(request.body.summary());
         }
         if let Some(secret) = &shared.requirepass {
             if !self.authenticated {
@@ -100,7 +100,7 @@ impl Protocol for Native {
         }
         let native::GetSet { id, set, key, value, end } = native::decode_get_set(buf, &shared.limits)?;
         if !self.first.is_kept() && shared.slowlog.enabled() {
-            let name: &[u8] = if set { b"SET" } else { b"GET" };
+            let name = if set { Opcode::Set } else { Opcode::Get }.name().as_bytes();
             self.first.keep([name, &buf[key.clone()]]);
         }
         Some((Cut { key, value: set.then_some(value), end }, Shape::Key { id }))

@@ -226,11 +226,15 @@ fn refuse_sizes(store: &engine::Store, pairs: &[(Bytes, Bytes)]) -> Option<OpRes
     pairs.iter().find_map(|(k, v)| store.check_writable(k, v.len()).err()).map(|e| OpResult::Error(e.to_string()))
 }
 
-/// The log bytes the pairs take at most: each record's key, value and a
-/// header of at most `RECORD_OVERHEAD_MAX_BYTES`.
+/// The log bytes the pairs' records take, as the engine lays them out.
 fn record_bytes(pairs: &[(Bytes, Bytes)]) -> u64 {
-    const RECORD_OVERHEAD_MAX_BYTES: u64 = 32;
-    pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64 + RECORD_OVERHEAD_MAX_BYTES).sum()
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            let record = engine::record::RecordSpec { key, value, expires_at_ms: None, tombstone: false };
+            record.encoded_len() as u64
+        })
+        .sum()
 }
 
 /// Coordinates one MSET (`only_if_absent` false) or MSETNX from the
