@@ -19,6 +19,13 @@ pub(crate) const PREFETCH_RECORDS: usize = 16;
 /// Victims whose copies may wait for a flush at once while compaction goes
 /// on with the next (`Store::compacted_waiting`).
 const VICTIMS_WAITING_MAX: usize = 4;
+/// A victim this much garbage is taken as soon as it is there, however
+/// little garbage the log holds in all: it costs a walk of its headers and
+/// copies at most a byte for every nine it frees. Left until the log's garbage
+/// passed its live data, the segments of keys overwritten in bursts (a
+/// hot set, a batch rewritten) made the log grow to twice the live data in
+/// fresh segments whose pages the kernel zeroes first.
+const CHEAP_VICTIM_GARBAGE: f64 = 0.9;
 
 /// Progress through the current victim.
 #[derive(Debug, Clone)]
@@ -80,12 +87,13 @@ impl Store {
     }
 
     /// Whether compaction should run while writes come in: once the log
-    /// holds more garbage than live records, or once a write would be
+    /// holds more garbage than live records, once a write would be
     /// three quarters of the way to the memory bound's refusal (what
     /// `make_room` counts: memory used, a segment of headroom, the index's
-    /// next growth). Below that, victims are left to gather garbage: the
-    /// older a victim, the more of it is garbage and the less compaction
-    /// copies for each byte it frees.
+    /// next growth), or once some victim is almost all garbage
+    /// (`CHEAP_VICTIM_GARBAGE`). Below that, victims are left to gather
+    /// garbage: the older a victim, the more of it is garbage and the less
+    /// compaction copies for each byte it frees.
     pub(crate) fn compaction_wanted(&self) -> bool {
         if let Some(limit) = self.config.memory_max_bytes {
             let needed =
@@ -95,7 +103,7 @@ impl Store {
             }
         }
         let (live, used) = (self.log.live_bytes_total, self.log.used_bytes_total);
-        used - live.min(used) > live
+        used - live.min(used) > live || self.best_victim().is_some_and(|(garbage, _)| garbage >= CHEAP_VICTIM_GARBAGE)
     }
 
     /// Removes the victims whose copies a flush has made durable since
@@ -112,7 +120,16 @@ impl Store {
     }
 
     fn pick_victim(&self) -> Option<Cursor> {
+        let (_, slot) = self.best_victim()?;
+        let seq = self.log.segment(slot)?.header.seq;
+        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older: self.log.has_older_than(seq), durable_at: None })
+    }
+
+    /// The sealed segment with the largest share of garbage, at least
+    /// `compaction_garbage_ratio_min`, and that share.
+    fn best_victim(&self) -> Option<(f64, u32)> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
+        let oldest = self.log.oldest_seq();
         let mut best: Option<(f64, u32)> = None;
         for (slot, seg) in self.log.segments.iter().enumerate() {
             let Some(seg) = seg else { continue };
@@ -123,15 +140,14 @@ impl Store {
             // Tombstones are copied, not dropped, while an older segment
             // exists: counting them as garbage would compact a segment of
             // tombstones into another one, forever.
-            let kept = if self.log.has_older_than(seg.header.seq) { seg.tombstone_bytes } else { 0 };
+            let has_older = oldest.is_some_and(|oldest| oldest < seg.header.seq);
+            let kept = if has_older { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
             if garbage >= self.config.compaction_garbage_ratio_min && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }
         }
-        let (_, slot) = best?;
-        let seq = self.log.segment(slot)?.header.seq;
-        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older: self.log.has_older_than(seq), durable_at: None })
+        best
     }
 
     /// Examines up to `budget_bytes` of the victim's records. Returns true
@@ -163,9 +179,9 @@ impl Store {
                 prefetched_to = self.prefetch_index_of_records(cur.slot, cur.pos, PREFETCH_RECORDS);
             }
             let Some(seg) = self.log.segment(cur.slot) else { break Ok(false) };
-            let (bytes, crc_key) = (seg.bytes(), seg.crc_key);
-            let Copied { offset, len, tombstone, expires_at_ms, key } = match scan::walk(seg, cur.pos) {
-                Walk::Record { offset, view } => Copied::of(bytes, offset, &view, &mut scratch),
+            let orphans = seg.orphans;
+            let Copied { offset, len, tombstone, expires_at_ms } = match scan::walk(seg, cur.pos) {
+                Walk::Record { offset, view } => Copied::of(offset, &view, &mut scratch),
                 Walk::Damaged { offset, resume } => {
                     // Damage found at recovery was never indexed, so
                     // nothing live is lost here; `finish_victim` checks.
@@ -179,12 +195,11 @@ impl Store {
                 }
                 Walk::End => break self.finish_victim(cur.clone()),
             };
-            let key = &scratch[key];
-            let hash = self.prefetched_hash(cur.slot, offset, key);
+            let hash = self.prefetched_hash(cur.slot, offset, &scratch);
             let here = self.log.loc(cur.slot, offset);
             let live = !tombstone && self.index.get(hash, |l| l == here).is_some();
             if live && expires_at_ms.is_none_or(|at| at > now) {
-                match self.append_raw(&scratch, crc_key, expires_at_ms) {
+                match self.move_record(here, len, &mut scratch, expires_at_ms) {
                     Ok(to) => {
                         self.log.mark_live(to, len);
                         self.log.mark_dead(here, len);
@@ -199,8 +214,15 @@ impl Store {
                     self.log.mark_dead(here, len);
                     self.counters.expired_reclaimed += 1;
                 }
-                let log = &self.log;
-                if cur.has_older && self.index.get(hash, |l| log.key_at(l) == Some(key)).is_none() {
+                // A record that may be its key's newest (a tombstone, one
+                // expired just now, any in a segment with orphans) leaves
+                // a tombstone behind if older segments may hold its key
+                // and no live record does. The others were overwritten or
+                // deleted: looking their key up cost a cache miss for
+                // every dead record.
+                let may_be_newest = tombstone || live || orphans;
+                let (log, key) = (&self.log, scratch.as_slice());
+                if cur.has_older && may_be_newest && self.index.get(hash, |l| log.key_at(l) == Some(key)).is_none() {
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
                     if let Err(err) = self.append(&tomb) {
                         break Err(err);

@@ -83,6 +83,9 @@ impl Store {
             } else if self.index.remove(hash, |l| l == here).is_some() {
                 self.log.mark_dead(here, len);
                 self.counters.expired_reclaimed += 1;
+                if let Some(seg) = self.log.segment_mut(cur.slot) {
+                    seg.orphans = true;
+                }
             }
         }
         if let Some(seg) = self.log.segment_mut(cur.slot) {

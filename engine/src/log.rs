@@ -26,6 +26,10 @@ pub const DOOMED_SUFFIX: &str = ".doomed";
 /// as used, and go before a write is refused.
 pub const SPARE_FILES_MAX: usize = 4;
 
+/// Records of the active segment whose writeback `start_writeback` starts
+/// at once.
+const WRITEBACK_CHUNK_BYTES: usize = 8 << 20;
+
 /// Bytes of log one shard can address: 2^32 locations of 8 bytes.
 pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
 
@@ -376,6 +380,27 @@ impl Log {
             || self.segment(self.active).is_some_and(Segment::needs_sync)
     }
 
+    /// Starts writing back, without waiting, what the next `sync` would
+    /// write: the sealed segments not yet synced, and the active one's
+    /// records once `WRITEBACK_CHUNK_BYTES` of them wait. A store that
+    /// flushes on its own thread (`never`'s compaction, `everysec`) then
+    /// waits for the disk only for the last few MiB, as RocksDB's
+    /// `bytes_per_sync` does.
+    pub fn start_writeback(&mut self) {
+        if self.in_memory {
+            return;
+        }
+        for &slot in &self.unsynced {
+            if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::as_mut) {
+                seg.start_writeback(seg.end, 0);
+            }
+        }
+        let active = self.active;
+        if let Some(seg) = self.segment_mut(active) {
+            seg.start_writeback(seg.end, WRITEBACK_CHUNK_BYTES);
+        }
+    }
+
     /// Makes every appended byte durable, then seals the full segments
     /// that waited for it and makes their seals durable too.
     pub fn sync(&mut self) -> std::io::Result<()> {
@@ -588,7 +613,13 @@ impl Log {
     /// expired record in a segment at `seq` may still hide an older version
     /// there.
     pub fn has_older_than(&self, seq: u64) -> bool {
-        self.segments.iter().flatten().any(|s| s.header.seq < seq) || self.unsettled.iter().any(|&s| s < seq)
+        self.oldest_seq().is_some_and(|oldest| oldest < seq)
+    }
+
+    /// The sequence number of the oldest segment, counting those whose
+    /// removal is not durable yet (see `has_older_than`).
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.segments.iter().flatten().map(|s| s.header.seq).chain(self.unsettled.iter().copied()).min()
     }
 }
 

@@ -127,13 +127,12 @@ impl Store {
                 prefetched_to = self.prefetch_index_of_records(slot, pos, crate::compaction::PREFETCH_RECORDS);
             }
             let Some(seg) = self.log.segment(slot) else { break Ok(()) };
-            let (bytes, crc_key) = (seg.bytes(), seg.crc_key);
-            let Copied { offset, len, expires_at_ms, key, .. } = match scan::walk(seg, pos) {
+            let Copied { offset, len, expires_at_ms, .. } = match scan::walk(seg, pos) {
                 Walk::Record { view, .. } if view.tombstone => {
                     pos += view.len;
                     continue;
                 }
-                Walk::Record { offset, view } => Copied::of(bytes, offset, &view, &mut scratch),
+                Walk::Record { offset, view } => Copied::of(offset, &view, &mut scratch),
                 Walk::Damaged { resume, .. } => {
                     pos = resume;
                     continue;
@@ -141,12 +140,12 @@ impl Store {
                 Walk::Unreadable { .. } | Walk::End => break Ok(()),
             };
             pos = offset + len;
-            let hash = self.prefetched_hash(slot, offset, &scratch[key]);
+            let hash = self.prefetched_hash(slot, offset, &scratch);
             let here = self.log.loc(slot, offset);
             let Some(marked) = self.index.mark_at(hash, here) else { continue };
             let expired = expires_at_ms.is_some_and(|at| at <= now);
             if marked && !expired && kept_bytes + len <= keep_max_bytes {
-                match self.append_raw(&scratch, crc_key, expires_at_ms) {
+                match self.move_record(here, len, &mut scratch, expires_at_ms) {
                     Ok(to) => {
                         self.log.mark_live(to, len);
                         self.index.relocate(hash, here, to, false);

@@ -92,30 +92,25 @@ pub fn walk(seg: &Segment, pos: usize) -> Walk<'_> {
     }
 }
 
-/// A record copied out of its segment into a scratch buffer, so that the
-/// log can change (appends, rolls) while a walker handles it.
+/// A record found by a walker, its key copied out of the segment into a
+/// scratch buffer, so that the log can change (appends, rolls) while the
+/// walker handles it. Only the key: most records a walker meets are dead,
+/// and copying each whole (`Copied::of` did, 1 KiB values and all) read
+/// every byte of a victim from memory to throw it away. A record that
+/// moves is copied then (`Store::move_record`).
 #[derive(Debug, Clone)]
 pub struct Copied {
     pub offset: usize,
     pub len: usize,
     pub tombstone: bool,
     pub expires_at_ms: Option<u64>,
-    /// Where the key lies in the scratch buffer.
-    pub key: std::ops::Range<usize>,
 }
 
 impl Copied {
-    /// Copies the record `view`, found at `offset` of `bytes`, into `into`.
-    pub fn of(bytes: &[u8], offset: usize, view: &RecordView<'_>, into: &mut Vec<u8>) -> Copied {
-        into.clear();
-        into.extend_from_slice(&bytes[offset..offset + view.len]);
-        let key_start = view.key.as_ptr() as usize - bytes[offset..].as_ptr() as usize;
-        Copied {
-            offset,
-            len: view.len,
-            tombstone: view.tombstone,
-            expires_at_ms: view.expires_at_ms,
-            key: key_start..key_start + view.key.len(),
-        }
+    /// The record `view` found at `offset`, its key copied into `key`.
+    pub fn of(offset: usize, view: &RecordView<'_>, key: &mut Vec<u8>) -> Copied {
+        key.clear();
+        key.extend_from_slice(view.key);
+        Copied { offset, len: view.len, tombstone: view.tombstone, expires_at_ms: view.expires_at_ms }
     }
 }

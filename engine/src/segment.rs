@@ -22,6 +22,7 @@
 //! (`crc_key`).
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -209,6 +210,16 @@ pub struct Segment {
     /// segment exists, so they are not garbage to it (in memory only;
     /// zero after a checkpoint load, which costs at most one extra copy).
     pub tombstone_bytes: u64,
+    /// Some record here may have left the index while it was the newest
+    /// record of its key: an expiry reclaimed it, or the segment was
+    /// opened at startup (what happened before is not known). Every other
+    /// dead record was overwritten or deleted, so a newer record of its
+    /// key (a value or a tombstone) hides the older ones, and compaction
+    /// drops it without looking its key up (`Store::compact_step`).
+    pub orphans: bool,
+    /// Writeback of the records below this has been started
+    /// (`start_writeback`), if not finished.
+    writeback_to: usize,
 }
 
 impl Segment {
@@ -317,6 +328,8 @@ impl Segment {
             expiry_min_ms: u64::MAX,
             sweep_after_ms: 0,
             tombstone_bytes: 0,
+            orphans: false,
+            writeback_to: end,
         }
     }
 
@@ -350,6 +363,7 @@ impl Segment {
         }
         let mut seg = Segment::over(header, path.into(), map, Some(file), end, 0);
         seg.opened_at_start = true;
+        seg.orphans = true;
         Ok(seg)
     }
 
@@ -494,6 +508,31 @@ impl Segment {
         Ok(())
     }
 
+    /// Starts writing back the records below `to` (rounded down to whole
+    /// 2 MiB folios, so that appends never land in a folio being cleaned)
+    /// that no sync or earlier call covers, once there are at least
+    /// `min_bytes` of them, and does not wait for it
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a later `sync` waits for
+    /// less. A failure is only logged: the sync writes them anyway and
+    /// reports its own errors.
+    pub fn start_writeback(&mut self, to: usize, min_bytes: usize) {
+        let Some(file) = &self.file else { return };
+        let from = self.synced_to.max(self.writeback_to);
+        let to = to.min(self.end) / HUGE_PAGE_BYTES as usize * HUGE_PAGE_BYTES as usize;
+        if to <= from || to - from < min_bytes {
+            return;
+        }
+        // SAFETY: a plain syscall on a descriptor this segment owns.
+        let rc = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc == 0 {
+            self.writeback_to = to;
+        } else {
+            tracing::debug!(path = %self.path.display(), error = %std::io::Error::last_os_error(), "could not start writeback");
+        }
+    }
+
     pub fn needs_sync(&self) -> bool {
         self.synced_to < self.end || self.header_dirty
     }
@@ -571,7 +610,6 @@ fn advise(map: &MmapMut, path: &Path, paging: Paging) {
 }
 
 fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(size).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: plain syscall on an open descriptor we own.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };

@@ -624,10 +624,22 @@ impl Store {
         Ok((loc, len))
     }
 
-    /// Appends an already-encoded record (copies by compaction and
-    /// eviction).
-    pub(crate) fn append_raw(&mut self, raw: &[u8], crc_key: u32, expires_at_ms: Option<u64>) -> Result<Loc> {
-        let result = self.log.append_raw(raw, crc_key, expires_at_ms);
+    /// Copies the `len`-byte record at `from` to the head verbatim, through
+    /// `scratch` (its bytes must not borrow the log while it changes), its
+    /// checksum re-keyed (compaction and eviction).
+    pub(crate) fn move_record(
+        &mut self,
+        from: Loc,
+        len: usize,
+        scratch: &mut Vec<u8>,
+        expires_at_ms: Option<u64>,
+    ) -> Result<Loc> {
+        let (slot, offset) = self.log.split(from);
+        let seg = self.log.segment(slot).expect("a walker's own segment");
+        scratch.clear();
+        scratch.extend_from_slice(&seg.bytes()[offset..offset + len]);
+        let crc_key = seg.crc_key;
+        let result = self.log.append_raw(scratch, crc_key, expires_at_ms);
         self.poison_on_sync_failure(result)
     }
 
@@ -980,8 +992,12 @@ impl Store {
     pub fn tick(&mut self) -> Result<bool> {
         // A caller that plans flushes itself owns them all: flushing here
         // would block its thread.
-        if !self.flushes_planned_by_caller && self.sync_due() {
-            self.sync()?;
+        if !self.flushes_planned_by_caller {
+            if self.sync_due() {
+                self.sync()?;
+            } else if self.config.fsync != FsyncPolicy::Always {
+                self.log.start_writeback();
+            }
         }
         self.index.migrate(1024);
         self.decide_paging();

@@ -116,6 +116,82 @@ fn deleted_keys_stay_deleted_after_their_tombstones_segment_is_compacted() {
     check_old_versions_deleted(&store);
 }
 
+/// 300 records of 270 bytes under `prefix`: more than a 64 KiB segment
+/// holds.
+fn fill(store: &mut Store, prefix: &str, byte: u8) {
+    for i in 0..300u32 {
+        store.set(format!("{prefix}{i}").as_bytes(), &[byte; 250], SetOptions::default()).unwrap();
+    }
+}
+
+/// Key `k`: an old version in the first segment, which stays (all live),
+/// and a new one expiring at 10 500 ms in a later segment, which `fill(..,
+/// "junk", ..)` makes garbage.
+fn write_an_old_version_and_an_expiring_one(store: &mut Store) {
+    store.set(b"k", b"old value", SetOptions::default()).unwrap();
+    fill(store, "keep", 1);
+    let expiring = SetOptions { expiry: SetExpiry::At(10_500), ..SetOptions::default() };
+    store.set(b"k", b"new value", expiring).unwrap();
+    fill(store, "junk", 2);
+    fill(store, "more", 3);
+}
+
+/// Compacts the expiring version's segment, then checks that `k` stays
+/// gone, before and after a crash.
+fn compact_then_check_the_expired_key_stays_gone(dir: &Path, clock: &Arc<AtomicU64>, mut store: Store) {
+    fill(&mut store, "junk", 4);
+    let before = store.stats().compactions;
+    compact_fully(&mut store);
+    assert!(store.stats().compactions > before);
+    assert_eq!(store.get(b"k"), None);
+    // A crash (no close), then the full scan of the next open.
+    drop(store);
+    let (store, _) = Store::open(dir, config(clock)).unwrap();
+    assert_eq!(store.get(b"k"), None, "the old version came back");
+    assert_eq!(store.get(b"keep7"), Some(&[1u8; 250][..]));
+}
+
+/// A record that the expiry sweep reclaims was its key's newest. When its
+/// segment is compacted while an older one holds an older version of the
+/// key, a tombstone must take its place, or the older version comes back
+/// at the next open. (Compaction drops most dead records without looking
+/// their keys up: those were overwritten or deleted, and a newer record of
+/// their key hides the older ones. A swept segment is marked as holding
+/// orphans, so that its records are looked up.)
+#[test]
+fn a_swept_key_stays_gone_after_its_segment_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    write_an_old_version_and_an_expiring_one(&mut store);
+    clock.store(11_000, Ordering::Relaxed);
+    for _ in 0..1000 {
+        store.tick().unwrap();
+        if store.stats().expired_reclaimed == 1 {
+            break;
+        }
+    }
+    assert_eq!(store.stats().expired_reclaimed, 1, "the sweep reclaimed the expired key");
+    assert_eq!(store.stats().compactions, 0, "by the sweep, not by compaction");
+    compact_then_check_the_expired_key_stays_gone(dir.path(), &clock, store);
+}
+
+/// The same for a key found expired at the open (never indexed): what
+/// happened before an open is unknown, so every segment opened holds
+/// orphans.
+#[test]
+fn a_key_expired_at_the_open_stays_gone_after_its_segment_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    write_an_old_version_and_an_expiring_one(&mut store);
+    drop(store);
+    clock.store(11_000, Ordering::Relaxed);
+    let (store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    assert_eq!(store.get(b"k"), None);
+    compact_then_check_the_expired_key_stays_gone(dir.path(), &clock, store);
+}
+
 /// Directories named as the first segment's file would be once removed
 /// (`000000.seg.<seq>.doomed`): a rename onto a directory fails, even for
 /// root.
