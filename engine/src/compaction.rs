@@ -56,8 +56,8 @@ impl Store {
     /// redis-benchmark SETs of 1 KiB values (430 MB/s written) and the log
     /// grew to ten times its live data (docs/benchmarks.md).
     ///
-    /// Nothing is owed while the log's garbage is at most its live data
-    /// (the timer's steps take care of it): the older the victims, the
+    /// Nothing is owed while compaction is not wanted (`compaction_wanted`:
+    /// the timer's steps take care of it): the older the victims, the
     /// more garbage they hold and the less compaction copies for each byte
     /// it frees. Beyond that, a victim is at least
     /// `compaction_garbage_ratio_min` garbage, so examining
@@ -72,8 +72,10 @@ impl Store {
         let ratio = self.config.compaction_garbage_ratio_min.max(0.1);
         let mut owed = (written as f64 / ratio) as usize;
         // Bounded: a victim finishing, the next one starting.
-        for _ in 0..8 {
-            if owed == 0 {
+        for step in 0..8 {
+            // A cheap victim done, the next one waits until compaction is
+            // wanted again.
+            if owed == 0 || step > 0 && self.compaction.is_none() && !self.compaction_wanted() {
                 break;
             }
             let before = self.counters.compacted_bytes;
@@ -209,24 +211,28 @@ impl Store {
                     Err(err) => break Err(err),
                 }
             } else {
-                if live {
-                    self.index.remove(hash, |l| l == here);
-                    self.log.mark_dead(here, len);
-                    self.counters.expired_reclaimed += 1;
-                }
-                // A record that may be its key's newest (a tombstone, one
-                // expired just now, any in a segment with orphans) leaves
-                // a tombstone behind if older segments may hold its key
-                // and no live record does. The others were overwritten or
-                // deleted: looking their key up cost a cache miss for
-                // every dead record.
-                let may_be_newest = tombstone || live || orphans;
+                // A record that may be its key's newest leaves a tombstone
+                // behind if older segments may hold its key and no live
+                // record does: one expired just now (the index points at
+                // it), a tombstone, or any in a segment with orphans. The
+                // others were overwritten or deleted: looking their key up
+                // cost a cache miss for every dead record.
                 let (log, key) = (&self.log, scratch.as_slice());
-                if cur.has_older && may_be_newest && self.index.get(hash, |l| log.key_at(l) == Some(key)).is_none() {
+                let unhidden =
+                    live || (tombstone || orphans) && self.index.get(hash, |l| log.key_at(l) == Some(key)).is_none();
+                if cur.has_older && unhidden {
+                    // Written before the expired record leaves the index,
+                    // as a DEL does: if it cannot be, the record is still
+                    // there for the next walk.
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
                     if let Err(err) = self.append(&tomb) {
                         break Err(err);
                     }
+                }
+                if live {
+                    self.index.remove(hash, |l| l == here);
+                    self.log.mark_dead(here, len);
+                    self.counters.expired_reclaimed += 1;
                 }
             }
             cur.pos = offset + len;
