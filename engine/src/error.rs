@@ -29,8 +29,10 @@ pub enum Error {
     #[error("store is full: {used_bytes} bytes used of {limit_bytes}")]
     OutOfMemory { used_bytes: u64, limit_bytes: u64 },
 
-    /// Every segment slot addressable by the index is in use.
-    #[error("log is full: all {slots} segment slots are in use")]
+    /// The log's segment slots (`Config::log_max_bytes`, at most what the
+    /// index can address) are in use, but for those kept for deletes,
+    /// compaction and the next open.
+    #[error("log is full: its {slots} segments are in use or kept for deletes and compaction")]
     LogFull { slots: u32 },
 
     #[error("invalid configuration: {0}")]

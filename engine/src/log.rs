@@ -32,6 +32,35 @@ const WRITEBACK_CHUNK_BYTES: usize = 8 << 20;
 
 /// Bytes of log one shard can address: 2^32 locations of 8 bytes.
 pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
+/// Fewest segments a log may be bounded to (`Config::log_max_bytes`): the
+/// active one, one to fill, and the two kept (`Roll`).
+pub const LOG_SLOTS_MIN: u32 = 4;
+
+/// Who a roll to a new segment is for, and so how many free segment slots
+/// it must leave. A log whose every slot holds live data could take no
+/// delete (a tombstone needs room too), and could not be opened again (an
+/// open starts a new segment): so writes stop two slots short, deletes and
+/// compaction's copies one, and only an open or FLUSHALL takes the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roll {
+    /// SETs and every other write that adds data.
+    Write,
+    /// Tombstones, and the records compaction and eviction move.
+    Reclaim,
+    /// An open's new segment, FLUSHALL's.
+    Last,
+}
+
+impl Roll {
+    /// Free slots this roll must leave.
+    fn keeps(self) -> u32 {
+        match self {
+            Roll::Write => 2,
+            Roll::Reclaim => 1,
+            Roll::Last => 0,
+        }
+    }
+}
 
 /// One segment file to flush on another thread.
 #[derive(Debug)]
@@ -50,6 +79,12 @@ pub struct FlushTarget {
 pub struct Log {
     pub dir: PathBuf,
     pub size_log2: u8,
+    /// Segment slots the log may use (`Config::log_max_bytes`).
+    pub slots_max: u32,
+    /// The active segment took one of the slots kept from writes (`Roll`):
+    /// while they are still short, only deletes and compaction's copies
+    /// go into it.
+    pub active_reserved: bool,
     /// Segments by slot; `None` is a free slot.
     pub segments: Vec<Option<Segment>>,
     /// Slot of the segment taking appends.
@@ -123,7 +158,21 @@ pub struct Preparing {
 
 impl Log {
     pub fn max_slots(&self) -> u32 {
-        u32::try_from(LOG_ADDRESS_SPACE_BYTES >> self.size_log2).unwrap_or(u32::MAX)
+        self.slots_max
+    }
+
+    /// Whether a segment may be made ahead now, for the next roll: one
+    /// that `Roll::Write` could make itself.
+    pub fn may_prepare(&self) -> bool {
+        self.free_slots() > Roll::Write.keeps()
+    }
+
+    /// Slots neither in use nor taken by a segment being made ahead.
+    pub fn free_slots(&self) -> u32 {
+        let used = self.segments.iter().flatten().count() as u32
+            + u32::from(self.preparing.is_some())
+            + u32::from(self.prepared.is_some());
+        self.slots_max.saturating_sub(used)
     }
 
     pub fn segment_size(&self) -> usize {
@@ -191,7 +240,11 @@ impl Log {
         if len > self.segment_size() - segment::HEADER_BYTES {
             return Err(Error::ValueTooLarge { len: spec.value.len(), limit: self.segment_size() / 2 });
         }
-        let loc = self.append_with(len, spec.expires_at_ms, |buf, key| spec.encode_into(buf, key))?;
+        let roll = if spec.tombstone { Roll::Reclaim } else { Roll::Write };
+        if roll == Roll::Write && self.active_reserved && self.free_slots() < Roll::Write.keeps() {
+            return Err(Error::LogFull { slots: self.max_slots() });
+        }
+        let loc = self.append_with(len, spec.expires_at_ms, roll, |buf, key| spec.encode_into(buf, key))?;
         if spec.tombstone {
             let (slot, _) = self.split(loc);
             if let Some(seg) = self.segment_mut(slot) {
@@ -206,7 +259,7 @@ impl Log {
     /// the head; `expires_at_ms` is the record's expiry.
     pub fn append_raw(&mut self, raw: &[u8], crc_key: u32, expires_at_ms: Option<u64>) -> Result<Loc> {
         assert!(raw.len() % RECORD_ALIGN_BYTES == 0 && raw.len() <= self.segment_size() - segment::HEADER_BYTES);
-        self.append_with(raw.len(), expires_at_ms, |buf, to| {
+        self.append_with(raw.len(), expires_at_ms, Roll::Reclaim, |buf, to| {
             buf.copy_from_slice(raw);
             record::rekey(buf, crc_key, to);
         })
@@ -214,7 +267,13 @@ impl Log {
 
     /// Appends `len` bytes that `write` fills, given the checksum key of
     /// the segment they land in.
-    fn append_with(&mut self, len: usize, expires_at_ms: Option<u64>, write: impl Fn(&mut [u8], u32)) -> Result<Loc> {
+    fn append_with(
+        &mut self,
+        len: usize,
+        expires_at_ms: Option<u64>,
+        roll: Roll,
+        write: impl Fn(&mut [u8], u32),
+    ) -> Result<Loc> {
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
         let key = seg.crc_key;
@@ -223,7 +282,7 @@ impl Log {
             self.used_bytes_total += len as u64;
             return Ok(self.loc(active, offset));
         }
-        self.roll()?;
+        self.roll(roll)?;
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
         let key = seg.crc_key;
@@ -276,12 +335,17 @@ impl Log {
     /// where they end, so that a sealed end never covers bytes the disk
     /// may not have (which recovery would take for damage). One flush per
     /// segment is cheap at any fsync policy.
-    pub fn roll(&mut self) -> Result<()> {
+    pub fn roll(&mut self, roll: Roll) -> Result<()> {
         self.drop_untakeable_prepared()?;
         let fresh = match self.prepared.take() {
+            // Made ahead only while `Roll::Write` could take a slot.
             Some(ready) => ready,
             None => {
-                let slot = self.free_slot().ok_or(Error::LogFull { slots: self.max_slots() })?;
+                let full = Error::LogFull { slots: self.max_slots() };
+                if self.free_slots() <= roll.keeps() {
+                    return Err(full);
+                }
+                let slot = self.free_slot().ok_or(full)?;
                 if !self.in_memory {
                     self.rolls_waited += 1;
                 }
@@ -316,6 +380,22 @@ impl Log {
         }
         self.segments[slot as usize] = Some(fresh);
         self.active = slot;
+        self.active_reserved = self.free_slots() < Roll::Write.keeps();
+        self.recount_resident();
+        Ok(())
+    }
+
+    /// Makes the newest segment the active one again, unsealed, instead of
+    /// rolling to a new one: an open of a log with no slot free (its last
+    /// one taken by deletes after an earlier open), which could otherwise
+    /// not open at all.
+    pub fn continue_newest(&mut self) -> Result<()> {
+        let slot = *self.by_seq().last().ok_or(Error::LogFull { slots: self.max_slots() })?;
+        let seg = self.segment_mut(slot).expect("a listed segment");
+        seg.unseal()?;
+        self.unsynced.retain(|&s| s != slot);
+        self.active = slot;
+        self.active_reserved = true;
         self.recount_resident();
         Ok(())
     }

@@ -86,6 +86,8 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     let mut log = Log {
         dir: dir.to_path_buf(),
         size_log2,
+        slots_max: u32::try_from(config.log_max_bytes >> size_log2).unwrap_or(u32::MAX),
+        active_reserved: false,
         segments: Vec::new(),
         active: u32::MAX,
         next_seq: floor.unwrap_or(0),
@@ -186,7 +188,12 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     // holds until the first second of writes).
     let paging = store.log.paging();
     store.log.segments.iter_mut().flatten().for_each(|segment| segment.advise(paging));
-    store.log.roll()?;
+    if store.log.free_slots() == 0 {
+        tracing::warn!(slots = store.log.max_slots(), "log full at open: appends go on in its newest segment");
+        store.log.continue_newest()?;
+    } else {
+        store.log.roll(crate::log::Roll::Last)?;
+    }
     store.sync()?;
     // The first second of writes starts now, not before the scan.
     store.paging_window = (store.now_ms(), store.counters.written_bytes);

@@ -490,6 +490,25 @@ impl Segment {
         self.header_dirty = true;
     }
 
+    /// Takes a sealed segment back to taking appends after its records
+    /// (a full log's open, `Log::continue_newest`): its header says
+    /// unsealed, durably, before anything is appended, so that recovery
+    /// reads past the old sealed end up to the torn tail as for any
+    /// unsealed segment.
+    pub fn unseal(&mut self) -> Result<()> {
+        if !self.header.sealed {
+            return Ok(());
+        }
+        self.header.sealed = false;
+        self.header.sealed_end = 0;
+        self.map[..HEADER_BYTES].copy_from_slice(&self.header.encode());
+        if self.file.is_some() {
+            self.map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", self.path.display())))?;
+        }
+        self.header_dirty = false;
+        Ok(())
+    }
+
     /// Forces the unsynced part of the segment to disk.
     pub fn sync(&mut self) -> std::io::Result<()> {
         if self.file.is_none() {

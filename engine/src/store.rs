@@ -87,6 +87,12 @@ pub struct Config {
     /// Bound on the index plus the resident bytes of the segments;
     /// `None` for no bound. Required in cache mode.
     pub memory_max_bytes: Option<u64>,
+    /// Bound on the log's segments, at most (and by default)
+    /// `LOG_ADDRESS_SPACE_BYTES`, the reach of the index's locations. The
+    /// last two segments' room is kept: writes other than deletes stop
+    /// short of it (`Error::LogFull`), so that deletes and compaction can
+    /// still make room, and the last one is kept for the next open.
+    pub log_max_bytes: u64,
 }
 
 /// Default segment size: large enough that a segment's fixed costs (a
@@ -122,6 +128,7 @@ impl Default for Config {
             clock: Clock::System,
             mode: Mode::Store,
             memory_max_bytes: None,
+            log_max_bytes: crate::log::LOG_ADDRESS_SPACE_BYTES,
         }
     }
 }
@@ -132,6 +139,15 @@ impl Config {
         if !size.is_power_of_two() || !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&size) {
             return Err(Error::Config(format!(
                 "segment size {size} must be a power of two from {SEGMENT_SIZE_MIN_BYTES} to {SEGMENT_SIZE_MAX_BYTES}"
+            )));
+        }
+        let log_min = crate::log::LOG_SLOTS_MIN as u64 * size;
+        if !(log_min..=crate::log::LOG_ADDRESS_SPACE_BYTES).contains(&self.log_max_bytes) {
+            return Err(Error::Config(format!(
+                "log bound {} bytes must hold {} segments of {size} bytes and be at most {} bytes",
+                self.log_max_bytes,
+                crate::log::LOG_SLOTS_MIN,
+                crate::log::LOG_ADDRESS_SPACE_BYTES
             )));
         }
         if !(0.0..=1.0).contains(&self.compaction_garbage_ratio_min) {
@@ -800,7 +816,7 @@ impl Store {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        let rolled = self.log.roll();
+        let rolled = self.log.roll(crate::log::Roll::Last);
         self.poison_on_sync_failure(rolled)?;
         let floor = self.log.segment(self.log.active).expect("active").header.seq;
         if !self.log.in_memory {
@@ -1088,7 +1104,7 @@ impl Store {
     /// failed flush poisons the store, as for any roll).
     fn leave_huge_segment(&mut self) {
         let seq = self.log.segment(self.log.active).map(|s| s.header.seq);
-        let rolled = self.log.roll();
+        let rolled = self.log.roll(crate::log::Roll::Write);
         if let Err(err) = self.poison_on_sync_failure(rolled) {
             tracing::warn!(error = %err, "could not leave a segment in 2 MiB folios for a slow writer");
             self.early_roll_failed_during = seq;
@@ -1124,6 +1140,9 @@ impl Store {
         let roomy =
             self.config.memory_max_bytes.is_none_or(|limit| self.memory_used_bytes() + 2 * segment_bytes <= limit);
         let log = &mut self.log;
+        if !log.may_prepare() {
+            return None;
+        }
         let slot = log.free_slot()?;
         let seq = log.next_seq;
         log.next_seq += 1;

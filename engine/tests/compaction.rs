@@ -3,6 +3,8 @@
 //! reopen from the checkpoint and across a crash, and when removing a
 //! compacted segment's file fails.
 
+mod common;
+use common::compact_fully;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,15 +20,6 @@ fn config(clock: &Arc<AtomicU64>) -> Config {
         clock: Clock::Manual(clock.clone()),
         ..Config::default()
     }
-}
-
-fn compact_fully(store: &mut Store) {
-    for _ in 0..10_000 {
-        if !store.compact_step(32 << 10).unwrap() {
-            return;
-        }
-    }
-    panic!("compaction did not finish");
 }
 
 #[test]
@@ -49,7 +42,7 @@ fn reclaims_garbage_and_keeps_newest_values() {
     }
     clock.store(11_000, Ordering::Relaxed);
     let before = store.stats();
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     let after = store.stats();
     assert!(after.compactions > 0);
     assert!(after.segments * 2 < before.segments, "segments {} -> {}", before.segments, after.segments);
@@ -110,7 +103,7 @@ fn deleted_keys_stay_deleted_after_their_tombstones_segment_is_compacted() {
     let clock = Arc::new(AtomicU64::new(1));
     let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
     write_old_versions_then_delete_them(&mut store);
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     drop(store);
     let (store, _) = Store::open(dir.path(), config(&clock)).unwrap();
     check_old_versions_deleted(&store);
@@ -141,7 +134,7 @@ fn write_an_old_version_and_an_expiring_one(store: &mut Store) {
 fn compact_then_check_the_expired_key_stays_gone(dir: &Path, clock: &Arc<AtomicU64>, mut store: Store) {
     fill(&mut store, "junk", 4);
     let before = store.stats().compactions;
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     assert!(store.stats().compactions > before);
     assert_eq!(store.get(b"k"), None);
     // A crash (no close), then the full scan of the next open.
@@ -243,7 +236,7 @@ fn a_failed_removal_keeps_the_segment_and_the_tombstones_that_hide_it() {
     // Nothing in the way now: compaction finishes, and every key is still
     // right, before and after another reopen.
     let before = store.stats().segments;
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     assert!(store.stats().segments < before, "segments {before} -> {}", store.stats().segments);
     check_old_versions_deleted(&store);
     drop(store);
@@ -269,7 +262,7 @@ fn segments_of_tombstones_do_not_compact_into_each_other() {
     for k in 0..4000u32 {
         assert!(store.delete(format!("key{k}").as_bytes()).unwrap());
     }
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     let stats = store.stats();
     assert!(stats.compactions < 40, "{stats:?}");
     assert!(stats.compacted_bytes < 8 << 20, "{stats:?}");
@@ -295,7 +288,7 @@ fn removed_segment_files_are_deleted_later_or_at_the_next_open() {
             store.set(format!("key{k}").as_bytes(), &round.to_le_bytes().repeat(30), SetOptions::default()).unwrap();
         }
     }
-    compact_fully(&mut store);
+    compact_fully(&mut store, 32 << 10);
     let doomed = |dir: &std::path::Path| {
         std::fs::read_dir(dir)
             .unwrap()

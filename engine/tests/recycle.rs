@@ -3,6 +3,8 @@
 //! again, after a crash or a clean restart, whichever thread made the
 //! segment; and the files leave nothing behind.
 
+mod common;
+use common::compact_fully;
 use engine::{Config, FsyncPolicy, SetOptions, Store};
 
 const SEGMENT_BYTES: usize = 64 << 10;
@@ -32,15 +34,6 @@ fn write(store: &mut Store, keys: std::ops::Range<u32>, v: u8) {
     }
 }
 
-fn compact_fully(store: &mut Store) {
-    for _ in 0..10_000 {
-        if !store.compact_step(1 << 20).unwrap() {
-            return;
-        }
-    }
-    panic!("compaction never finished");
-}
-
 fn files(dir: &std::path::Path, suffix: &str) -> usize {
     std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()
 }
@@ -61,7 +54,7 @@ fn store_with_a_recycled_head(dir: &std::path::Path, plan_elsewhere: bool) -> St
     while store.stats().segments_recycled == 0 {
         rounds += 1;
         assert!(rounds < 100, "no segment was recycled: {:?}", store.stats());
-        compact_fully(&mut store);
+        compact_fully(&mut store, 1 << 20);
         if plan_elsewhere {
             // What the server does: flushes and preparations on another
             // thread, as the store asks.
@@ -106,7 +99,7 @@ fn a_clean_close_deletes_the_spare_and_the_checkpoint_matches() {
     // Another victim, kept as the spare this time.
     write(&mut store, 2_000_000..2_001_000, 4);
     write(&mut store, 2_000_000..2_001_000, 5);
-    compact_fully(&mut store);
+    compact_fully(&mut store, 1 << 20);
     assert_eq!(store.stats().segments_spare, 1, "{:?}", store.stats());
     store.close().unwrap();
     assert_eq!(files(dir.path(), ".doomed"), 0);
@@ -149,7 +142,7 @@ fn version_1_segments_are_read_and_compacted() {
     // its live half moves to a keyed segment.
     write(&mut store, 0..50, 8);
     write(&mut store, 5_000_000..5_000_600, 9);
-    compact_fully(&mut store);
+    compact_fully(&mut store, 1 << 20);
     assert!(store.stats().compactions >= 1, "{:?}", store.stats());
     let check = |store: &Store| {
         for i in 0..100 {
@@ -182,7 +175,7 @@ fn under_always_segments_opened_at_startup_are_not_recycled() {
     // Overwritten, every segment from before the restart is garbage and
     // compacted away; none of them may come back as a new segment.
     write(&mut store, 0..KEYS, 2);
-    compact_fully(&mut store);
+    compact_fully(&mut store, 1 << 20);
     write(&mut store, 1_000_000..1_000_100, 3);
     assert_eq!(store.stats().segments_recycled, 0, "a segment opened at startup was recycled");
     // Segments made since the restart are recycled once compacted.
@@ -191,7 +184,7 @@ fn under_always_segments_opened_at_startup_are_not_recycled() {
         rounds += 1;
         assert!(rounds < 100, "no segment made since the restart was recycled: {:?}", store.stats());
         write(&mut store, 0..KEYS, 4);
-        compact_fully(&mut store);
+        compact_fully(&mut store, 1 << 20);
         write(&mut store, 1_000_000..1_000_100, 5);
     }
     for i in 0..KEYS {
