@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, RespConn};
+use common::{info_field, Node, RespConn};
 use net::resp::Reply;
 
 const VALUE_BYTES: usize = 1000;
@@ -24,17 +24,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS line");
     kib << 10
-}
-
-fn info_field(c: &mut RespConn, name: &str) -> u64 {
-    let Reply::Bulk(Some(text)) = c.call(&["INFO", "all"]) else { panic!("INFO answers a bulk string") };
-    let text = String::from_utf8_lossy(&text).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-        .unwrap_or_else(|| panic!("no {name} in INFO"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// SETs keys `from..to` in pipelined rounds; returns the replies that

@@ -97,6 +97,9 @@ impl Store {
     /// garbage: the older a victim, the more of it is garbage and the less
     /// compaction copies for each byte it frees.
     pub(crate) fn compaction_wanted(&self) -> bool {
+        if self.log.tight {
+            return true;
+        }
         if let Some(limit) = self.config.memory_max_bytes {
             let needed =
                 self.memory_used_bytes() + self.log.segment_size() as u64 + self.index.growth_reserve_bytes() as u64;
@@ -128,9 +131,17 @@ impl Store {
     }
 
     /// The sealed segment with the largest share of garbage, at least
-    /// `compaction_garbage_ratio_min`, and that share.
+    /// `compaction_garbage_ratio_min`, and that share. In a log down to
+    /// the slots kept from writes (`Log::tight`) any garbage will do, from
+    /// a victim whose copies fit the room compaction has: the space it
+    /// frees is all the log can get back.
     fn best_victim(&self) -> Option<(f64, u32)> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
+        let (ratio_min, room) = if self.log.tight {
+            (f64::MIN_POSITIVE, self.log.compaction_room())
+        } else {
+            (self.config.compaction_garbage_ratio_min, u64::MAX)
+        };
         let oldest = self.log.oldest_seq();
         let mut best: Option<(f64, u32)> = None;
         for (slot, seg) in self.log.segments.iter().enumerate() {
@@ -145,7 +156,8 @@ impl Store {
             let has_older = oldest.is_some_and(|oldest| oldest < seg.header.seq);
             let kept = if has_older { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
-            if garbage >= self.config.compaction_garbage_ratio_min && best.is_none_or(|(g, _)| garbage > g) {
+            let fits = seg.live_bytes + kept <= room;
+            if garbage >= ratio_min && fits && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }
         }
@@ -225,7 +237,7 @@ impl Store {
                     // as a DEL does: if it cannot be, the record is still
                     // there for the next walk.
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
-                    if let Err(err) = self.append(&tomb) {
+                    if let Err(err) = self.append(&tomb, crate::log::Roll::Compact) {
                         break Err(err);
                     }
                 }

@@ -32,22 +32,28 @@ const WRITEBACK_CHUNK_BYTES: usize = 8 << 20;
 
 /// Bytes of log one shard can address: 2^32 locations of 8 bytes.
 pub const LOG_ADDRESS_SPACE_BYTES: u64 = (1u64 << 32) * RECORD_ALIGN_BYTES as u64;
-/// Fewest segments a log may be bounded to (`Config::log_max_bytes`): the
-/// active one, one to fill, and the two kept (`Roll`).
-pub const LOG_SLOTS_MIN: u32 = 4;
+/// Fewest segments a log may be bounded to (`Config::log_max_bytes`): one
+/// to fill, and the four kept from writes (`Roll`).
+pub const LOG_SLOTS_MIN: u32 = 5;
 
-/// Who a roll to a new segment is for, and so how many free segment slots
-/// it must leave. A log whose every slot holds live data could take no
-/// delete (a tombstone needs room too), and could not be opened again (an
-/// open starts a new segment): so writes stop two slots short, deletes and
-/// compaction's copies one, and only an open or FLUSHALL takes the last.
+/// Who an append (and the roll to a new segment it may need) is for, and
+/// so how many free segment slots it must leave. A log whose every slot
+/// holds live data could take no delete (a tombstone needs room too),
+/// could not compact (its copies need room), and could not be opened
+/// again (an open starts a new segment): so writes stop three slots short,
+/// deletes two, compaction one, and only an open or FLUSHALL takes the
+/// last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roll {
     /// SETs and every other write that adds data.
     Write,
-    /// Tombstones, and the records compaction and eviction move.
-    Reclaim,
-    /// An open's new segment, FLUSHALL's.
+    /// A DEL's tombstone.
+    Delete,
+    /// The records compaction and eviction move, and compaction's
+    /// tombstones.
+    Compact,
+    /// FLUSHALL's new segment, and an open's while the log is not tight
+    /// (a tight one goes on in its newest segment: `continue_newest`).
     Last,
 }
 
@@ -55,8 +61,9 @@ impl Roll {
     /// Free slots this roll must leave.
     fn keeps(self) -> u32 {
         match self {
-            Roll::Write => 2,
-            Roll::Reclaim => 1,
+            Roll::Write => 3,
+            Roll::Delete => 2,
+            Roll::Compact => 1,
             Roll::Last => 0,
         }
     }
@@ -81,10 +88,17 @@ pub struct Log {
     pub size_log2: u8,
     /// Segment slots the log may use (`Config::log_max_bytes`).
     pub slots_max: u32,
-    /// The active segment took one of the slots kept from writes (`Roll`):
-    /// while they are still short, only deletes and compaction's copies
-    /// go into it.
-    pub active_reserved: bool,
+    /// Free slots left when the active segment was made: an append whose
+    /// class keeps more (`Roll::keeps`) goes into it only once that many
+    /// are free again, so that a segment made for compaction does not
+    /// fill with deletes, nor one made for deletes with writes.
+    pub active_floor: u32,
+    /// Few slots are free: compaction runs whatever the garbage
+    /// (`Store::compaction_wanted`). Refreshed by `note_tightness`.
+    pub tight: bool,
+    /// Bytes of records promised to writes to come (`Store::hold_room`):
+    /// other writes leave the slots they may need (`can_write`).
+    pub held_bytes: u64,
     /// Segments by slot; `None` is a free slot.
     pub segments: Vec<Option<Segment>>,
     /// Slot of the segment taking appends.
@@ -235,14 +249,10 @@ impl Log {
 
     /// Appends a record at the head, rolling to a new segment when the
     /// active one is full.
-    pub fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
+    pub fn append(&mut self, spec: &RecordSpec<'_>, roll: Roll) -> Result<(Loc, usize)> {
         let len = spec.encoded_len();
         if len > self.segment_size() - segment::HEADER_BYTES {
             return Err(Error::ValueTooLarge { len: spec.value.len(), limit: self.segment_size() / 2 });
-        }
-        let roll = if spec.tombstone { Roll::Reclaim } else { Roll::Write };
-        if roll == Roll::Write && self.active_reserved && self.free_slots() < Roll::Write.keeps() {
-            return Err(Error::LogFull { slots: self.max_slots() });
         }
         let loc = self.append_with(len, spec.expires_at_ms, roll, |buf, key| spec.encode_into(buf, key))?;
         if spec.tombstone {
@@ -259,7 +269,7 @@ impl Log {
     /// the head; `expires_at_ms` is the record's expiry.
     pub fn append_raw(&mut self, raw: &[u8], crc_key: u32, expires_at_ms: Option<u64>) -> Result<Loc> {
         assert!(raw.len() % RECORD_ALIGN_BYTES == 0 && raw.len() <= self.segment_size() - segment::HEADER_BYTES);
-        self.append_with(raw.len(), expires_at_ms, Roll::Reclaim, |buf, to| {
+        self.append_with(raw.len(), expires_at_ms, Roll::Compact, |buf, to| {
             buf.copy_from_slice(raw);
             record::rekey(buf, crc_key, to);
         })
@@ -274,6 +284,9 @@ impl Log {
         roll: Roll,
         write: impl Fn(&mut [u8], u32),
     ) -> Result<Loc> {
+        if self.active_floor < roll.keeps() && self.free_slots() < roll.keeps() {
+            return Err(Error::LogFull { slots: self.max_slots() });
+        }
         let active = self.active;
         let seg = self.segments[active as usize].as_mut().expect("active segment");
         let key = seg.crc_key;
@@ -342,7 +355,12 @@ impl Log {
             Some(ready) => ready,
             None => {
                 let full = Error::LogFull { slots: self.max_slots() };
-                if self.free_slots() <= roll.keeps() {
+                // A segment being made ahead is made stale below: its slot
+                // comes back when it is done.
+                let free = self.free_slots() + u32::from(self.preparing.is_some());
+                // A write leaves the slots that held room may need, too.
+                let held = if roll == Roll::Write { self.segments_for(self.held_bytes) } else { 0 };
+                if u64::from(free) <= u64::from(roll.keeps()) + held {
                     return Err(full);
                 }
                 let slot = self.free_slot().ok_or(full)?;
@@ -380,22 +398,73 @@ impl Log {
         }
         self.segments[slot as usize] = Some(fresh);
         self.active = slot;
-        self.active_reserved = self.free_slots() < Roll::Write.keeps();
+        self.active_floor = self.free_slots();
+        self.tight = self.active_floor <= Roll::Write.keeps();
         self.recount_resident();
         Ok(())
     }
 
+    /// Whether `bytes` of records can be written now besides the room held
+    /// (`held_bytes`): in the active segment at once, or in the free
+    /// segments a write may take (`segments_for`).
+    pub fn can_write(&self, bytes: u64) -> bool {
+        let need = bytes + self.held_bytes;
+        let free = self.free_slots();
+        let writes_here = self.active_floor >= Roll::Write.keeps() || free >= Roll::Write.keeps();
+        if writes_here && self.segment(self.active).is_some_and(|s| need <= (self.segment_size() - s.end) as u64) {
+            return true;
+        }
+        u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(need)
+    }
+
+    /// Fresh segments that surely hold `bytes` of records. A record that
+    /// does not fit a segment's rest goes to the next, wasting that rest:
+    /// values are at most half a segment, so with its key and header a
+    /// record stays under three quarters of one (at the default 64 MiB
+    /// segments; keys of up to 64 KiB make the smallest ones an
+    /// exception), and each segment takes at least a quarter.
+    fn segments_for(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(((self.segment_size() - segment::HEADER_BYTES) / 4) as u64)
+    }
+
+    /// Notes whether the log is down to the slots kept from writes.
+    pub fn note_tightness(&mut self) {
+        self.tight = self.free_slots() <= Roll::Write.keeps();
+    }
+
+    /// Bytes compaction may still append: the rest of the active segment
+    /// if it may (`active_floor`), and the free slots it may take.
+    pub fn compaction_room(&self) -> u64 {
+        let free = self.free_slots();
+        let capacity = (self.segment_size() - segment::HEADER_BYTES) as u64;
+        let active = match self.segment(self.active) {
+            Some(seg) if self.active_floor >= Roll::Compact.keeps() || free >= Roll::Compact.keeps() => {
+                (self.segment_size() - seg.end) as u64
+            }
+            _ => 0,
+        };
+        active + u64::from(free.saturating_sub(Roll::Compact.keeps())) * capacity
+    }
+
     /// Makes the newest segment the active one again, unsealed, instead of
-    /// rolling to a new one: an open of a log with no slot free (its last
-    /// one taken by deletes after an earlier open), which could otherwise
-    /// not open at all.
-    pub fn continue_newest(&mut self) -> Result<()> {
-        let slot = *self.by_seq().last().ok_or(Error::LogFull { slots: self.max_slots() })?;
+    /// rolling to a new one: an open of a log down to the slots kept from
+    /// writes, which would otherwise take one of them at every open (and
+    /// with none left could not open at all).
+    ///
+    /// Not a segment in which this open found damage: unsealed, it would
+    /// be cut at the damage, with every record after it.
+    pub fn continue_newest(&mut self, damaged: &[u64]) -> Result<()> {
+        let full = Error::LogFull { slots: self.max_slots() };
+        let slot = *self.by_seq().last().ok_or(full)?;
         let seg = self.segment_mut(slot).expect("a listed segment");
+        if damaged.contains(&seg.header.seq) || seg.damaged {
+            tracing::error!(segment = %seg.path.display(), "log full, and its newest segment holds damage: not opened");
+            return Err(Error::LogFull { slots: self.max_slots() });
+        }
         seg.unseal()?;
         self.unsynced.retain(|&s| s != slot);
         self.active = slot;
-        self.active_reserved = true;
+        self.active_floor = self.free_slots();
         self.recount_resident();
         Ok(())
     }
@@ -585,6 +654,7 @@ impl Log {
             self.segments.pop();
         }
         self.recount_resident();
+        self.note_tightness();
         Ok(())
     }
 

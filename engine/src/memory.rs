@@ -47,6 +47,7 @@ impl Store {
     /// them all at once with `OutOfMemory` if not. A multi-key write (MSET)
     /// calls it first, so that it does not stop half way for want of room.
     pub fn reserve_room(&mut self, bytes: u64) -> Result<()> {
+        self.check_log_room(bytes)?;
         match self.config.mode {
             Mode::Store => self.make_room_for(bytes, true),
             // Each write evicts what it needs as it goes, as Redis's LRU
@@ -62,9 +63,13 @@ impl Store {
     /// commit (without it, writes in between could fill a shard, and the
     /// commit stopped half way there while the other shards had written).
     pub fn hold_room(&mut self, bytes: u64) -> Result<()> {
+        self.check_log_room(bytes)?;
         if self.config.mode == Mode::Store && self.config.memory_max_bytes.is_some() {
             self.make_room_for(bytes, true)?;
             self.held_bytes += bytes;
+        }
+        if !self.log.in_memory {
+            self.log.held_bytes += bytes;
         }
         Ok(())
     }
@@ -74,6 +79,19 @@ impl Store {
         if self.config.mode == Mode::Store && self.config.memory_max_bytes.is_some() {
             self.held_bytes = self.held_bytes.saturating_sub(bytes);
         }
+        if !self.log.in_memory {
+            self.log.held_bytes = self.log.held_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Refuses writes of `bytes` that the log's segments could not all take
+    /// (`Log::can_write`): found only once they were half written, an MSET
+    /// stopped there.
+    fn check_log_room(&self, bytes: u64) -> Result<()> {
+        if self.log.in_memory || self.log.can_write(bytes) {
+            return Ok(());
+        }
+        Err(Error::LogFull { slots: self.log.max_slots() })
     }
 
     fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {

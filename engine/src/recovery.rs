@@ -87,7 +87,9 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         dir: dir.to_path_buf(),
         size_log2,
         slots_max: u32::try_from(config.log_max_bytes >> size_log2).unwrap_or(u32::MAX),
-        active_reserved: false,
+        active_floor: 0,
+        tight: false,
+        held_bytes: 0,
         segments: Vec::new(),
         active: u32::MAX,
         next_seq: floor.unwrap_or(0),
@@ -188,9 +190,11 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     // holds until the first second of writes).
     let paging = store.log.paging();
     store.log.segments.iter_mut().flatten().for_each(|segment| segment.advise(paging));
-    if store.log.free_slots() == 0 {
+    store.log.note_tightness();
+    if store.log.tight {
         tracing::warn!(slots = store.log.max_slots(), "log full at open: appends go on in its newest segment");
-        store.log.continue_newest()?;
+        let damaged: Vec<u64> = report.corrupt.iter().map(|d| d.seq).collect();
+        store.log.continue_newest(&damaged)?;
     } else {
         store.log.roll(crate::log::Roll::Last)?;
     }

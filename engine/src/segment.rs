@@ -490,22 +490,32 @@ impl Segment {
         self.header_dirty = true;
     }
 
-    /// Takes a sealed segment back to taking appends after its records
-    /// (a full log's open, `Log::continue_newest`): its header says
-    /// unsealed, durably, before anything is appended, so that recovery
-    /// reads past the old sealed end up to the torn tail as for any
-    /// unsealed segment.
+    /// Takes the segment back to taking appends after its records (a full
+    /// log's open, `Log::continue_newest`). Everything past them is zeroed
+    /// and flushed first: a torn tail's cut may have left intact records
+    /// of this same life after it, which appends in between would let
+    /// recovery read as newer than the appends. Then the header says
+    /// unsealed, durably, so that recovery reads on to the torn tail as
+    /// for any unsealed segment.
     pub fn unseal(&mut self) -> Result<()> {
-        if !self.header.sealed {
-            return Ok(());
+        let (end, len) = (self.end, self.map.len());
+        if let Some(last) = self.map[end..].iter().rposition(|&b| b != 0) {
+            self.map[end..=end + last].fill(0);
+            if self.file.is_some() {
+                self.map.flush_range(end, last + 1).map_err(Error::io(format!("sync {}", self.path.display())))?;
+            }
         }
-        self.header.sealed = false;
-        self.header.sealed_end = 0;
-        self.map[..HEADER_BYTES].copy_from_slice(&self.header.encode());
-        if self.file.is_some() {
-            self.map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", self.path.display())))?;
+        debug_assert!(self.map[end..len].iter().all(|&b| b == 0));
+        if self.header.sealed {
+            self.header.sealed = false;
+            self.header.sealed_end = 0;
+            self.map[..HEADER_BYTES].copy_from_slice(&self.header.encode());
+            if self.file.is_some() {
+                self.map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", self.path.display())))?;
+            }
         }
         self.header_dirty = false;
+        self.synced_to = self.end;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc};
-use crate::log::Log;
+use crate::log::{Log, Roll};
 use crate::record::{RecordSpec, RecordView, KEY_LEN_MAX_BYTES};
 use crate::recovery::RecoveryReport;
 
@@ -88,10 +88,10 @@ pub struct Config {
     /// `None` for no bound. Required in cache mode.
     pub memory_max_bytes: Option<u64>,
     /// Bound on the log's segments, at most (and by default)
-    /// `LOG_ADDRESS_SPACE_BYTES`, the reach of the index's locations. The
-    /// last two segments' room is kept: writes other than deletes stop
-    /// short of it (`Error::LogFull`), so that deletes and compaction can
-    /// still make room, and the last one is kept for the next open.
+    /// `LOG_ADDRESS_SPACE_BYTES`, the reach of the index's locations.
+    /// Writes other than deletes stop three segments short of it
+    /// (`Error::LogFull`), deletes two, compaction one (`log::Roll`), so
+    /// that a full log still takes deletes, compacts, and opens again.
     pub log_max_bytes: u64,
 }
 
@@ -627,15 +627,16 @@ impl Store {
 
     /// Appends a record; a failed flush while rolling to a new segment
     /// poisons the store.
-    pub(crate) fn append(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
-        let result = self.log.append(spec);
+    pub(crate) fn append(&mut self, spec: &RecordSpec<'_>, roll: Roll) -> Result<(Loc, usize)> {
+        let result = self.log.append(spec, roll);
         self.poison_on_sync_failure(result)
     }
 
-    /// `append` for a client's write: counted for compaction's pacing
-    /// (`compact_owed`), which compaction's own tombstones are not.
+    /// `append` for a client's write or delete: counted for compaction's
+    /// pacing (`compact_owed`), which compaction's own tombstones are not.
     fn append_written(&mut self, spec: &RecordSpec<'_>) -> Result<(Loc, usize)> {
-        let (loc, len) = self.append(spec)?;
+        let roll = if spec.tombstone { Roll::Delete } else { Roll::Write };
+        let (loc, len) = self.append(spec, roll)?;
         self.counters.written_bytes += len as u64;
         Ok((loc, len))
     }
@@ -816,7 +817,7 @@ impl Store {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        let rolled = self.log.roll(crate::log::Roll::Last);
+        let rolled = self.log.roll(Roll::Last);
         self.poison_on_sync_failure(rolled)?;
         let floor = self.log.segment(self.log.active).expect("active").header.seq;
         if !self.log.in_memory {
@@ -1104,7 +1105,7 @@ impl Store {
     /// failed flush poisons the store, as for any roll).
     fn leave_huge_segment(&mut self) {
         let seq = self.log.segment(self.log.active).map(|s| s.header.seq);
-        let rolled = self.log.roll(crate::log::Roll::Write);
+        let rolled = self.log.roll(Roll::Write);
         if let Err(err) = self.poison_on_sync_failure(rolled) {
             tracing::warn!(error = %err, "could not leave a segment in 2 MiB folios for a slow writer");
             self.early_roll_failed_during = seq;

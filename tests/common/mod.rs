@@ -191,6 +191,19 @@ impl RespConn {
     }
 }
 
+/// A numeric field of `INFO all`.
+#[allow(dead_code)]
+pub fn info_field(c: &mut RespConn, name: &str) -> u64 {
+    let Reply::Bulk(Some(text)) = c.call(&["INFO", "all"]) else { panic!("INFO answers a bulk string") };
+    let text = String::from_utf8_lossy(&text).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {name} in INFO"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// One HTTP GET over a fresh connection; the whole response, head included.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");

@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// mode; store mode is unbounded without it.
     #[arg(long, value_parser = parse_memory_size)]
     max_memory: Option<u64>,
+    /// Bound on the node's segment files, split evenly over its shards
+    /// (sizes as for --max-memory; at least 4 segments a shard). Without
+    /// it a shard's log may grow to 32 GiB, all its index can address. At
+    /// the bound, writes other than deletes are refused ("log is full")
+    /// while DEL and compaction go on.
+    #[arg(long, value_parser = parse_memory_size)]
+    max_disk: Option<u64>,
     /// Segment file size, in MiB (a power of two). Defaults to 64, or with
     /// --max-memory to a 64th of a shard's share (at least 64 KiB), so that
     /// eviction works in small steps. A store keeps the size it was
@@ -149,6 +156,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             segment_size_bytes,
             mode,
             memory_max_bytes: args.max_memory,
+            log_max_bytes: args.max_disk.map_or(engine::LOG_ADDRESS_SPACE_BYTES, |node| {
+                (node / shards.max(1) as u64).min(engine::LOG_ADDRESS_SPACE_BYTES)
+            }),
             fsync: match args.fsync {
                 Fsync::Always => FsyncPolicy::Always,
                 Fsync::Everysec => FsyncPolicy::EverySec,
