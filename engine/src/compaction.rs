@@ -26,6 +26,11 @@ const VICTIMS_WAITING_MAX: usize = 4;
 /// hot set, a batch rewritten) made the log grow to twice the live data in
 /// fresh segments whose pages the kernel zeroes first.
 const CHEAP_VICTIM_GARBAGE: f64 = 0.9;
+/// A log down to the slots kept from writes (`Log::tight`) takes victims
+/// from this much garbage: below it, the copies of a segment that holds
+/// little more than an unused tail would leave tails of their own, and a
+/// full, idle shard would compact forever.
+const TIGHT_VICTIM_GARBAGE: f64 = 0.25;
 
 /// Progress through the current victim.
 #[derive(Debug, Clone)]
@@ -132,13 +137,13 @@ impl Store {
 
     /// The sealed segment with the largest share of garbage, at least
     /// `compaction_garbage_ratio_min`, and that share. In a log down to
-    /// the slots kept from writes (`Log::tight`) any garbage will do, from
-    /// a victim whose copies fit the room compaction has: the space it
-    /// frees is all the log can get back.
+    /// the slots kept from writes (`Log::tight`) a quarter will do
+    /// (`TIGHT_VICTIM_GARBAGE`), from a victim whose copies fit the room
+    /// compaction has: the space it frees is all the log can get back.
     fn best_victim(&self) -> Option<(f64, u32)> {
         let capacity = (self.log.segment_size() - HEADER_BYTES) as f64;
         let (ratio_min, room) = if self.log.tight {
-            (f64::MIN_POSITIVE, self.log.compaction_room())
+            (TIGHT_VICTIM_GARBAGE, self.log.compaction_room())
         } else {
             (self.config.compaction_garbage_ratio_min, u64::MAX)
         };
@@ -156,7 +161,9 @@ impl Store {
             let has_older = oldest.is_some_and(|oldest| oldest < seg.header.seq);
             let kept = if has_older { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
-            let fits = seg.live_bytes + kept <= room;
+            // A segment with orphans writes tombstones nobody counted
+            // while older segments exist: not taken when room is short.
+            let fits = seg.live_bytes + kept <= room && (room == u64::MAX || !(seg.orphans && has_older));
             if garbage >= ratio_min && fits && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }
@@ -220,7 +227,12 @@ impl Store {
                         let moved = self.index.relocate(hash, here, to, true);
                         debug_assert!(moved, "live record is in the index");
                     }
-                    Err(err) => break Err(err),
+                    Err(err) => {
+                        // Resumed at this record, not from the start, which
+                        // would write its tombstones again.
+                        self.compaction = Some(cur);
+                        break Err(err);
+                    }
                 }
             } else {
                 // A record that may be its key's newest leaves a tombstone
@@ -238,6 +250,7 @@ impl Store {
                     // there for the next walk.
                     let tomb = RecordSpec { key, value: &[], expires_at_ms: None, tombstone: true };
                     if let Err(err) = self.append(&tomb, crate::log::Roll::Compact) {
+                        self.compaction = Some(cur);
                         break Err(err);
                     }
                 }

@@ -178,7 +178,19 @@ impl Log {
     /// Whether a segment may be made ahead now, for the next roll: one
     /// that `Roll::Write` could make itself.
     pub fn may_prepare(&self) -> bool {
-        self.free_slots() > Roll::Write.keeps()
+        u64::from(self.free_slots()) > self.keeps_now(Roll::Write)
+    }
+
+    /// Free slots a roll of `roll` must leave now: its class's, and for
+    /// writes and deletes those that held room may need (`held_bytes`),
+    /// which a delete's roll could otherwise take from an MSET between its
+    /// prepare and its commit.
+    fn keeps_now(&self, roll: Roll) -> u64 {
+        let held = match roll {
+            Roll::Write | Roll::Delete => self.segments_for(self.held_bytes),
+            Roll::Compact | Roll::Last => 0,
+        };
+        u64::from(roll.keeps()) + held
     }
 
     /// Slots neither in use nor taken by a segment being made ahead.
@@ -355,12 +367,10 @@ impl Log {
             Some(ready) => ready,
             None => {
                 let full = Error::LogFull { slots: self.max_slots() };
-                // A segment being made ahead is made stale below: its slot
-                // comes back when it is done.
-                let free = self.free_slots() + u32::from(self.preparing.is_some());
-                // A write leaves the slots that held room may need, too.
-                let held = if roll == Roll::Write { self.segments_for(self.held_bytes) } else { 0 };
-                if u64::from(free) <= u64::from(roll.keeps()) + held {
+                // A segment being made ahead still holds its slot (until it
+                // is done and found stale): a write may be refused for it
+                // meanwhile, not take a slot kept for others.
+                if u64::from(self.free_slots()) <= self.keeps_now(roll) {
                     return Err(full);
                 }
                 let slot = self.free_slot().ok_or(full)?;
@@ -405,16 +415,12 @@ impl Log {
     }
 
     /// Whether `bytes` of records can be written now besides the room held
-    /// (`held_bytes`): in the active segment at once, or in the free
-    /// segments a write may take (`segments_for`).
+    /// (`held_bytes`), in the free segments a write may take
+    /// (`segments_for`). The rest of the active segment is not counted:
+    /// nothing keeps other writes from filling it first.
     pub fn can_write(&self, bytes: u64) -> bool {
-        let need = bytes + self.held_bytes;
         let free = self.free_slots();
-        let writes_here = self.active_floor >= Roll::Write.keeps() || free >= Roll::Write.keeps();
-        if writes_here && self.segment(self.active).is_some_and(|s| need <= (self.segment_size() - s.end) as u64) {
-            return true;
-        }
-        u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(need)
+        u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(bytes + self.held_bytes)
     }
 
     /// Fresh segments that surely hold `bytes` of records. A record that

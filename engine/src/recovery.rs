@@ -194,7 +194,10 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
     if store.log.tight {
         tracing::warn!(slots = store.log.max_slots(), "log full at open: appends go on in its newest segment");
         let damaged: Vec<u64> = report.corrupt.iter().map(|d| d.seq).collect();
-        store.log.continue_newest(&damaged)?;
+        match store.log.continue_newest(&damaged) {
+            Err(Error::LogFull { .. }) if store.log.free_slots() > 0 => store.log.roll(crate::log::Roll::Last)?,
+            other => other?,
+        }
     } else {
         store.log.roll(crate::log::Roll::Last)?;
     }

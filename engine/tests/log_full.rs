@@ -134,6 +134,20 @@ fn a_full_log_compacts_scattered_garbage() {
     }
 }
 
+/// A full log of live records leaves only the unused tails of its
+/// segments as garbage: compacting them would leave tails of their own, so
+/// an idle full store does not compact at all.
+#[test]
+fn a_full_log_of_live_records_does_not_compact_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), config()).unwrap();
+    fill(&mut store);
+    for _ in 0..200 {
+        store.tick().unwrap();
+    }
+    assert_eq!(store.stats().compactions, 0);
+}
+
 /// Room held for a multi-key write (an MSET across shards, between its
 /// prepare and its commit) is kept from other writes, and refused when the
 /// log cannot take it: found only once the pairs were half written, the

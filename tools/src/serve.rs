@@ -55,7 +55,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_memory_size)]
     max_memory: Option<u64>,
     /// Bound on the node's segment files, split evenly over its shards
-    /// (sizes as for --max-memory; at least 4 segments a shard). Without
+    /// (sizes as for --max-memory; at least 5 segments a shard; store mode
+    /// only). Without
     /// it a shard's log may grow to 32 GiB, all its index can address. At
     /// the bound, writes other than deletes are refused ("log is full")
     /// while DEL and compaction go on.
@@ -132,6 +133,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     if mode == engine::Mode::Cache && args.max_memory.is_none() {
         eprintln!("ringkv serve: --mode cache needs --max-memory");
+        return ExitCode::from(2);
+    }
+    if mode == engine::Mode::Cache && args.max_disk.is_some() {
+        eprintln!("ringkv serve: --mode cache keeps data in memory; bound it with --max-memory, not --max-disk");
         return ExitCode::from(2);
     }
     if mode == engine::Mode::Cache && matches!(args.fsync, Fsync::Always) {
