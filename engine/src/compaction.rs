@@ -161,9 +161,11 @@ impl Store {
             let has_older = oldest.is_some_and(|oldest| oldest < seg.header.seq);
             let kept = if has_older { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
-            // A segment with orphans writes tombstones nobody counted
-            // while older segments exist: not taken when room is short.
-            let fits = seg.live_bytes + kept <= room && (room == u64::MAX || !(seg.orphans && has_older));
+            // A segment with orphans may write a tombstone for any dead
+            // record while older segments exist: at worst one record no
+            // longer than each it holds.
+            let need = if seg.orphans && has_older { (seg.end - HEADER_BYTES) as u64 } else { seg.live_bytes + kept };
+            let fits = need <= room;
             if garbage >= ratio_min && fits && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }

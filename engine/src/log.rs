@@ -416,11 +416,16 @@ impl Log {
 
     /// Whether `bytes` of records can be written now besides the room held
     /// (`held_bytes`), in the free segments a write may take
-    /// (`segments_for`). The rest of the active segment is not counted:
-    /// nothing keeps other writes from filling it first.
-    pub fn can_write(&self, bytes: u64) -> bool {
+    /// (`segments_for`), or, for a write done at once (`at_once`), in the
+    /// rest of the active segment. That rest is not counted for room held
+    /// until later: nothing keeps other writes from filling it first.
+    pub fn can_write(&self, bytes: u64, at_once: bool) -> bool {
         let free = self.free_slots();
-        u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(bytes + self.held_bytes)
+        let need = bytes + self.held_bytes;
+        let here = at_once
+            && (self.active_floor >= Roll::Write.keeps() || free >= Roll::Write.keeps())
+            && self.segment(self.active).is_some_and(|s| need <= (self.segment_size() - s.end) as u64);
+        here || u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(need)
     }
 
     /// Fresh segments that surely hold `bytes` of records. A record that

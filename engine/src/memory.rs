@@ -47,7 +47,7 @@ impl Store {
     /// them all at once with `OutOfMemory` if not. A multi-key write (MSET)
     /// calls it first, so that it does not stop half way for want of room.
     pub fn reserve_room(&mut self, bytes: u64) -> Result<()> {
-        self.check_log_room(bytes)?;
+        self.check_log_room(bytes, true)?;
         match self.config.mode {
             Mode::Store => self.make_room_for(bytes, true),
             // Each write evicts what it needs as it goes, as Redis's LRU
@@ -63,7 +63,7 @@ impl Store {
     /// commit (without it, writes in between could fill a shard, and the
     /// commit stopped half way there while the other shards had written).
     pub fn hold_room(&mut self, bytes: u64) -> Result<()> {
-        self.check_log_room(bytes)?;
+        self.check_log_room(bytes, false)?;
         if self.config.mode == Mode::Store && self.config.memory_max_bytes.is_some() {
             self.make_room_for(bytes, true)?;
             self.held_bytes += bytes;
@@ -87,8 +87,8 @@ impl Store {
     /// Refuses writes of `bytes` that the log's segments could not all take
     /// (`Log::can_write`): found only once they were half written, an MSET
     /// stopped there.
-    fn check_log_room(&self, bytes: u64) -> Result<()> {
-        if self.log.in_memory || self.log.can_write(bytes) {
+    fn check_log_room(&self, bytes: u64, at_once: bool) -> Result<()> {
+        if self.log.in_memory || self.log.can_write(bytes, at_once) {
             return Ok(());
         }
         Err(Error::LogFull { slots: self.log.max_slots() })

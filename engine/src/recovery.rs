@@ -195,7 +195,9 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         tracing::warn!(slots = store.log.max_slots(), "log full at open: appends go on in its newest segment");
         let damaged: Vec<u64> = report.corrupt.iter().map(|d| d.seq).collect();
         match store.log.continue_newest(&damaged) {
-            Err(Error::LogFull { .. }) if store.log.free_slots() > 0 => store.log.roll(crate::log::Roll::Last)?,
+            // Not the last slot: deletes and compaction could not use the
+            // segment it would make.
+            Err(Error::LogFull { .. }) if store.log.free_slots() > 1 => store.log.roll(crate::log::Roll::Last)?,
             other => other?,
         }
     } else {
