@@ -181,16 +181,16 @@ impl Log {
         u64::from(self.free_slots()) > self.keeps_now(Roll::Write)
     }
 
-    /// Free slots a roll of `roll` must leave now: its class's, and for
-    /// writes and deletes those that held room may need (`held_bytes`),
-    /// which a delete's roll could otherwise take from an MSET between its
-    /// prepare and its commit.
+    /// Free slots a roll of `roll` must leave now: its class's, and while
+    /// room is held (`held_bytes`) those it may need on top of what writes
+    /// keep, for writes and deletes alike: the commit of an MSET between
+    /// its prepare and its commit writes as a write does.
     fn keeps_now(&self, roll: Roll) -> u64 {
-        let held = match roll {
-            Roll::Write | Roll::Delete => self.segments_for(self.held_bytes),
-            Roll::Compact | Roll::Last => 0,
-        };
-        u64::from(roll.keeps()) + held
+        let held = self.segments_for(self.held_bytes);
+        match roll {
+            Roll::Write | Roll::Delete if held > 0 => u64::from(Roll::Write.keeps()) + held,
+            _ => u64::from(roll.keeps()),
+        }
     }
 
     /// Slots neither in use nor taken by a segment being made ahead.
