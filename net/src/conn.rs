@@ -338,19 +338,20 @@ pub async fn serve<P: Protocol>(shard: Rc<Shard>, mut stream: TcpStream, mut pro
                         by_shard[owner].1.push(i);
                     }
                     let mut waits = Vec::new();
+                    let budget = crate::op::part_budget(by_shard.iter().filter(|(ops, _)| !ops.is_empty()).count());
                     for (owner, (ops, positions)) in by_shard.into_iter().enumerate() {
                         if ops.is_empty() {
                             continue;
                         }
                         if owner == shard.id && shard.runs_directly() {
                             wrote |= ops.iter().any(KeyOp::is_write);
-                            let local = shard.with_store(|s| crate::op::execute_all(s, &ops));
+                            let local = shard.with_store(|s| crate::op::execute_all(s, &ops, budget));
                             for (result, i) in local.into_iter().zip(&positions) {
                                 results[*i] = Some(result);
                             }
                         } else {
                             shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
-                            waits.push((shard.shared.mailboxes[owner].send(Work::Keys(ops)), positions));
+                            waits.push((shard.shared.mailboxes[owner].send(Work::Keys(ops, budget)), positions));
                         }
                     }
                     if waits.is_empty() && pending.is_empty() {
@@ -508,7 +509,7 @@ fn borrowed_get<P: Protocol>(
 /// awaited in order.
 fn send_one<S>(shard: &Shard, pending: &mut VecDeque<Pending<S>>, owner: usize, op: KeyOp, shape: S) {
     shard.counters().cross_shard_hops.fetch_add(1, Ordering::Relaxed);
-    let rx = shard.shared.mailboxes[owner].send(Work::Keys(vec![op]));
+    let rx = shard.shared.mailboxes[owner].send(Work::Keys(vec![op], crate::op::REPLY_VALUES_MAX_BYTES));
     pending.push_back(Pending::Gather { shape, results: vec![None], waits: vec![(rx, vec![0])] });
 }
 

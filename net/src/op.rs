@@ -253,19 +253,24 @@ pub fn execute(store: &mut Store, op: &KeyOp) -> OpResult {
     execute_hashed(store, op, None)
 }
 
-/// Most bytes of values one request's reads gather on one shard (an MGET):
-/// past it the request is answered with an error. An MGET naming one
-/// 16 MiB key a thousand times copied 16 GB into its reply.
+/// Most bytes of values one request's reads gather (an MGET), over all
+/// the shards it reaches: past it the request is answered with an error.
+/// An MGET naming one 16 MiB key a thousand times copied 16 GB into its
+/// reply.
 pub const REPLY_VALUES_MAX_BYTES: usize = 512 << 20;
 
-/// The operations of one multi-key request that fall on one shard, in
-/// order, within [`REPLY_VALUES_MAX_BYTES`]: past it the first result is
-/// an error (which the reply reports) and the reads stop.
-pub fn execute_all(store: &mut Store, ops: &[KeyOp]) -> Vec<OpResult> {
-    execute_within(store, ops, REPLY_VALUES_MAX_BYTES)
+/// The share of [`REPLY_VALUES_MAX_BYTES`] for each of a request's `parts`
+/// (the shards its keys fall on). With the whole budget on every shard, an
+/// MGET over 16 shards could gather 8 GiB.
+pub fn part_budget(parts: usize) -> usize {
+    REPLY_VALUES_MAX_BYTES / parts.max(1)
 }
 
-fn execute_within(store: &mut Store, ops: &[KeyOp], values_max_bytes: usize) -> Vec<OpResult> {
+/// The operations of one multi-key request that fall on one shard, in
+/// order, within `values_max_bytes` of values read (`part_budget`): past it
+/// the first result is an error (which the reply reports) and the reads
+/// stop.
+pub fn execute_all(store: &mut Store, ops: &[KeyOp], values_max_bytes: usize) -> Vec<OpResult> {
     let mut gathered = 0usize;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
@@ -482,10 +487,22 @@ mod tests {
         let (mut store, _) = Store::open(dir.path(), config).unwrap();
         store.set(b"big", &[7u8; 1000], SetOptions::default()).unwrap();
         let gets = |n| vec![KeyOp::Get { key: Bytes::from_static(b"big") }; n];
-        let fits = execute_within(&mut store, &gets(10), 10_000);
+        let fits = execute_all(&mut store, &gets(10), 10_000);
         assert!(fits.iter().all(|r| matches!(r, OpResult::Value(Some(v)) if v.len() == 1000)), "{fits:?}");
-        let refused = execute_within(&mut store, &gets(11), 10_000);
+        let refused = execute_all(&mut store, &gets(11), 10_000);
         assert_eq!(refused.len(), 11);
         assert!(matches!(&refused[0], OpResult::Error(e) if e.contains("reply larger")), "{:?}", refused[0]);
+    }
+
+    /// A request's parts share one budget: over many shards together they
+    /// gather no more than one request may.
+    #[test]
+    fn the_parts_of_a_request_share_its_budget() {
+        assert_eq!(part_budget(0), REPLY_VALUES_MAX_BYTES);
+        assert_eq!(part_budget(1), REPLY_VALUES_MAX_BYTES);
+        for parts in 2..=256 {
+            assert!(part_budget(parts) * parts <= REPLY_VALUES_MAX_BYTES, "{parts} parts");
+            assert!(part_budget(parts) < REPLY_VALUES_MAX_BYTES);
+        }
     }
 }

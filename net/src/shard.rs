@@ -26,7 +26,10 @@ use crate::op::{KeyOp, OpResult, ShardOp};
 /// Work sent to another shard.
 #[derive(Debug)]
 pub enum Work {
-    Keys(Vec<KeyOp>),
+    /// A multi-key request's operations that fall on the receiving shard,
+    /// and the bytes of values their reads may gather there
+    /// (`op::part_budget`).
+    Keys(Vec<KeyOp>, usize),
     Shard(ShardOp),
     /// A step of a cross-shard MSETNX (see `txn`).
     Txn(crate::txn::TxnStep),

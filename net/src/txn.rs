@@ -82,7 +82,7 @@ impl Reservations {
             return false;
         }
         match work {
-            Work::Keys(ops) => ops.iter().any(|o| self.held.contains_key(o.key())),
+            Work::Keys(ops, _) => ops.iter().any(|o| self.held.contains_key(o.key())),
             Work::Shard(_) => false,
             Work::Txn(TxnStep::Prepare { txn, pairs, .. }) => {
                 pairs.iter().any(|(k, _)| self.held.get(k).is_some_and(|holder| holder != txn))
@@ -121,9 +121,9 @@ pub fn run_envelope(
         }
     }
     let results = match &envelope.work {
-        Work::Keys(ops) => {
+        Work::Keys(ops, budget) => {
             *wrote |= ops.iter().any(KeyOp::is_write);
-            shard.with_store(|s| op::execute_all(s, ops))
+            shard.with_store(|s| op::execute_all(s, ops, *budget))
         }
         Work::Shard(sop) => {
             *wrote |= *sop == ShardOp::FlushAll;
