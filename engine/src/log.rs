@@ -57,6 +57,11 @@ pub enum Roll {
     Last,
 }
 
+/// A log with this few slots free is down to those kept from writes.
+fn tight_at(free: u32) -> bool {
+    free <= Roll::Write.keeps()
+}
+
 impl Roll {
     /// Free slots this roll must leave.
     fn keeps(self) -> u32 {
@@ -296,7 +301,7 @@ impl Log {
         roll: Roll,
         write: impl Fn(&mut [u8], u32),
     ) -> Result<Loc> {
-        if self.active_floor < roll.keeps() && self.free_slots() < roll.keeps() {
+        if !self.active_takes(roll) {
             return Err(Error::LogFull { slots: self.max_slots() });
         }
         let active = self.active;
@@ -409,9 +414,25 @@ impl Log {
         self.segments[slot as usize] = Some(fresh);
         self.active = slot;
         self.active_floor = self.free_slots();
-        self.tight = self.active_floor <= Roll::Write.keeps();
+        self.tight = tight_at(self.active_floor);
         self.recount_resident();
         Ok(())
+    }
+
+    /// Whether an append of class `roll` may go into the active segment:
+    /// it was made with that many slots free, or they are free again (the
+    /// count only then: it walks the slots).
+    fn active_takes(&self, roll: Roll) -> bool {
+        self.active_floor >= roll.keeps() || self.free_slots() >= roll.keeps()
+    }
+
+    /// Bytes still free in the active segment for an append of class
+    /// `roll` (`active_takes`).
+    fn active_rest(&self, roll: Roll) -> u64 {
+        match self.segment(self.active) {
+            Some(seg) if self.active_takes(roll) => (self.segment_size() - seg.end) as u64,
+            _ => 0,
+        }
     }
 
     /// Whether `bytes` of records can be written now besides the room held
@@ -420,12 +441,9 @@ impl Log {
     /// rest of the active segment. That rest is not counted for room held
     /// until later: nothing keeps other writes from filling it first.
     pub fn can_write(&self, bytes: u64, at_once: bool) -> bool {
-        let free = self.free_slots();
         let need = bytes + self.held_bytes;
-        let here = at_once
-            && (self.active_floor >= Roll::Write.keeps() || free >= Roll::Write.keeps())
-            && self.segment(self.active).is_some_and(|s| need <= (self.segment_size() - s.end) as u64);
-        here || u64::from(free.saturating_sub(Roll::Write.keeps())) >= self.segments_for(need)
+        let here = at_once && need <= self.active_rest(Roll::Write);
+        here || u64::from(self.free_slots().saturating_sub(Roll::Write.keeps())) >= self.segments_for(need)
     }
 
     /// Fresh segments that surely hold `bytes` of records. A record that
@@ -440,21 +458,15 @@ impl Log {
 
     /// Notes whether the log is down to the slots kept from writes.
     pub fn note_tightness(&mut self) {
-        self.tight = self.free_slots() <= Roll::Write.keeps();
+        self.tight = tight_at(self.free_slots());
     }
 
     /// Bytes compaction may still append: the rest of the active segment
     /// if it may (`active_floor`), and the free slots it may take.
     pub fn compaction_room(&self) -> u64 {
-        let free = self.free_slots();
         let capacity = (self.segment_size() - segment::HEADER_BYTES) as u64;
-        let active = match self.segment(self.active) {
-            Some(seg) if self.active_floor >= Roll::Compact.keeps() || free >= Roll::Compact.keeps() => {
-                (self.segment_size() - seg.end) as u64
-            }
-            _ => 0,
-        };
-        active + u64::from(free.saturating_sub(Roll::Compact.keeps())) * capacity
+        let free = u64::from(self.free_slots().saturating_sub(Roll::Compact.keeps()));
+        self.active_rest(Roll::Compact) + free * capacity
     }
 
     /// Makes the newest segment the active one again, unsealed, instead of
@@ -466,11 +478,11 @@ impl Log {
     /// be cut at the damage, with every record after it.
     pub fn continue_newest(&mut self, damaged: &[u64]) -> Result<()> {
         let full = Error::LogFull { slots: self.max_slots() };
-        let slot = *self.by_seq().last().ok_or(full)?;
+        let Some(&slot) = self.by_seq().last() else { return Err(full) };
         let seg = self.segment_mut(slot).expect("a listed segment");
         if damaged.contains(&seg.header.seq) || seg.damaged {
             tracing::error!(segment = %seg.path.display(), "log full, and its newest segment holds damage: not opened");
-            return Err(Error::LogFull { slots: self.max_slots() });
+            return Err(full);
         }
         seg.unseal()?;
         self.unsynced.retain(|&s| s != slot);

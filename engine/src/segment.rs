@@ -515,7 +515,6 @@ impl Segment {
             }
         }
         self.header_dirty = false;
-        self.synced_to = self.end;
         Ok(())
     }
 
