@@ -14,6 +14,7 @@
 //! The on-disk format is drawn in `docs/format.md`.
 
 mod compaction;
+mod crc;
 mod error;
 mod expiry;
 mod hint;

@@ -285,7 +285,9 @@ impl Log {
     /// eviction) from a segment keyed `crc_key`, its checksum re-keyed for
     /// the head; `expires_at_ms` is the record's expiry.
     pub fn append_raw(&mut self, raw: &[u8], crc_key: u32, expires_at_ms: Option<u64>) -> Result<Loc> {
-        assert!(raw.len() % RECORD_ALIGN_BYTES == 0 && raw.len() <= self.segment_size() - segment::HEADER_BYTES);
+        assert!(
+            raw.len().is_multiple_of(RECORD_ALIGN_BYTES) && raw.len() <= self.segment_size() - segment::HEADER_BYTES
+        );
         self.append_with(raw.len(), expires_at_ms, Roll::Compact, |buf, to| {
             buf.copy_from_slice(raw);
             record::rekey(buf, crc_key, to);

@@ -19,6 +19,8 @@
 //! 8-byte units; padding bytes are zero. A 16-byte key with a 32-byte value
 //! takes 6 header bytes and 2 padding bytes: 56 bytes in all.
 
+use crate::crc;
+
 /// Every record starts at a multiple of this.
 pub const RECORD_ALIGN_BYTES: usize = 8;
 /// Longest key a record can hold. Keys are compared often and hashed on
@@ -100,13 +102,11 @@ impl RecordSpec<'_> {
         let value = at..at + self.value.len();
         let crc = if self.value.len() < CRC_FROM_SOURCE_MIN_BYTES {
             out[value.clone()].copy_from_slice(self.value);
-            crc32fast::hash(&out[CRC_BYTES..value.end])
+            crc::hash(&out[CRC_BYTES..value.end])
         } else {
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&out[CRC_BYTES..at]);
-            crc.update(self.value);
+            let crc = crc::update(crc::hash(&out[CRC_BYTES..at]), self.value);
             out[value.clone()].copy_from_slice(self.value);
-            crc.finalize()
+            crc
         };
         out[..CRC_BYTES].copy_from_slice(&(crc ^ crc_key).to_le_bytes());
         // Padding is zero, whatever a reused mapping held there before.
@@ -135,7 +135,7 @@ pub struct RecordView<'a> {
 impl RecordView<'_> {
     /// True when the stored checksum matches the bytes.
     pub fn checksum_ok(&self) -> bool {
-        crc32fast::hash(self.covered) ^ self.crc_key == self.stored_crc
+        crc::hash(self.covered) ^ self.crc_key == self.stored_crc
     }
 
     /// True when the record has an expiry at or before `now_ms`.
@@ -182,7 +182,7 @@ pub fn decode(buf: &[u8], crc_key: u32, verify: bool) -> Result<RecordView<'_>, 
         return Err(DecodeError::Truncated);
     }
     if verify {
-        let computed = crc32fast::hash(&buf[CRC_BYTES..body_end]) ^ crc_key;
+        let computed = crc::hash(&buf[CRC_BYTES..body_end]) ^ crc_key;
         if computed != stored {
             return Err(DecodeError::ChecksumMismatch { stored, computed });
         }

@@ -45,13 +45,14 @@ fn cache_mode_holds_its_bound_under_ten_times_the_writes() {
     // TTLs, some overwritten, ticks between batches.
     while written < 10 * BOUND_BYTES {
         let len = [8usize, 100, 1000, 7000][(i % 4) as usize];
-        let k = if i % 5 == 0 { i / 2 } else { i };
-        let opts = if i % 3 == 0 { with_ttl(clock.load(Ordering::Relaxed) + 500) } else { SetOptions::default() };
+        let k = if i.is_multiple_of(5) { i / 2 } else { i };
+        let opts =
+            if i.is_multiple_of(3) { with_ttl(clock.load(Ordering::Relaxed) + 500) } else { SetOptions::default() };
         store.set(&key(k), &value(k, len), opts).unwrap();
         written += len as u64;
         let used = store.memory_used_bytes();
         assert!(used <= BOUND_BYTES, "after {written} bytes: {used} used of {BOUND_BYTES}");
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             store.tick().unwrap();
             clock.fetch_add(7, Ordering::Relaxed);
             // Reading some keys marks them; they must still be right.

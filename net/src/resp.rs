@@ -1029,7 +1029,7 @@ impl Resp {
             "getdel" => Job::Key(KeyOp::GetDel { key: key(1) }, Form::Value),
             "getex" => self.getex(args, now()),
             "mget" => Job::Keys(args[1..].iter().map(|k| KeyOp::Get { key: k.clone() }).collect(), Form::Values),
-            "mset" | "msetnx" if argc % 2 == 0 => reply(wrong_args(name)),
+            "mset" | "msetnx" if argc.is_multiple_of(2) => reply(wrong_args(name)),
             "mset" | "msetnx" => {
                 // Every pair is checked before any is written, on every
                 // shard (`txn`).
