@@ -161,6 +161,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         compacted_waiting: Vec::new(),
         scratch: Vec::new(),
         prefetched_hashes: std::collections::VecDeque::new(),
+        index_pass_found: Vec::new(),
         counters: Counters::default(),
         sweep: None,
         _lock: lock,

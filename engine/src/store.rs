@@ -353,6 +353,9 @@ pub struct Store {
     /// (slot, offset, index hash) of the records a walk prefetched, in
     /// order (`prefetch_index_of_records`).
     pub(crate) prefetched_hashes: std::collections::VecDeque<(u32, usize, u32)>,
+    /// (index hash, location) of the live records an index pass gathered
+    /// (`compact_from_index`), reused from step to step.
+    pub(crate) index_pass_found: Vec<(u32, crate::index::Loc)>,
     pub(crate) counters: Counters,
     /// Secret mixed into the index hash (see `index_hash_with`); kept in
     /// the checkpoint so that a checkpointed index stays valid.
@@ -492,17 +495,7 @@ impl Store {
         if stage == 0 {
             self.index.prefetch(hash);
         } else if let Some(loc) = self.index.first_candidate(hash) {
-            let (slot, offset) = self.log.split(loc);
-            let Some(bytes) = self.log.segment(slot).map(crate::segment::Segment::bytes) else { return };
-            // The record's first line, and the next: a small record
-            // crosses into it three times in four (a 56-byte one at an
-            // 8-byte offset past 8 in its line), and the key comparison
-            // and the checksum read it.
-            for at in [offset, (offset | 63) + 1] {
-                if let Some(byte) = bytes.get(at) {
-                    crate::index::prefetch_read(byte);
-                }
-            }
+            self.log.prefetch_record(loc);
         }
     }
 

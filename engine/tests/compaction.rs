@@ -347,3 +347,120 @@ fn writes_that_pay_for_their_garbage_keep_the_log_bounded() {
         assert_eq!(store.get(format!("key{k}").as_bytes()), Some(&value[..]), "key {k}");
     }
 }
+
+/// Segment 0 holds `k`'s first version (kept by live `keep` records);
+/// `newest` writes its newest record (a value or a tombstone) amid junk,
+/// in a later segment that the junk's rewrite then makes almost all
+/// garbage: a victim compacted from the index rather than walked, were it
+/// not for the record `newest` leaves.
+fn an_old_version_under_a_segment_of_junk(store: &mut Store, newest: impl FnOnce(&mut Store)) {
+    store.set(b"k", b"old value", SetOptions::default()).unwrap();
+    fill(store, "keep", 1);
+    fill(store, "junk_a", 2);
+    newest(store);
+    fill(store, "junk_b", 2);
+    fill(store, "junk_a", 3);
+    fill(store, "junk_b", 3);
+}
+
+/// Compacts everything there is to compact, crashes, reopens, and checks
+/// that `k` has not come back.
+fn compact_crash_and_check_k_is_gone(dir: &Path, clock: &Arc<AtomicU64>, mut store: Store) {
+    let before = store.stats().compactions;
+    compact_fully(&mut store, 32 << 10);
+    assert!(store.stats().compactions > before, "{:?}", store.stats());
+    assert_eq!(store.get(b"k"), None);
+    drop(store);
+    let (store, _) = Store::open(dir, config(clock)).unwrap();
+    assert_eq!(store.get(b"k"), None, "the old version came back");
+    for i in 0..300u32 {
+        assert_eq!(store.get(format!("keep{i}").as_bytes()), Some(&[1u8; 250][..]));
+        assert_eq!(store.get(format!("junk_b{i}").as_bytes()), Some(&[3u8; 250][..]));
+    }
+}
+
+/// A pass over the index sees no dead record: a victim holding a
+/// tombstone that hides an older segment's version is walked instead, and
+/// the tombstone is kept.
+#[test]
+fn a_tombstone_in_a_victim_almost_all_garbage_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    an_old_version_under_a_segment_of_junk(&mut store, |s| assert!(s.delete(b"k").unwrap()));
+    compact_crash_and_check_k_is_gone(dir.path(), &clock, store);
+}
+
+/// A key that expired in such a victim but is still indexed (no sweep has
+/// reached it) leaves a tombstone when the pass reclaims it.
+#[test]
+fn a_key_expired_in_a_victim_almost_all_garbage_leaves_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    let expiring = SetOptions { expiry: SetExpiry::At(10_500), ..SetOptions::default() };
+    an_old_version_under_a_segment_of_junk(&mut store, |s| {
+        s.set(b"k", b"new value", expiring).unwrap();
+    });
+    clock.store(11_000, Ordering::Relaxed);
+    compact_crash_and_check_k_is_gone(dir.path(), &clock, store);
+}
+
+/// A key the expiry sweep reclaimed from such a victim left the index as
+/// its key's newest record: the victim is walked, and the key looked up.
+#[test]
+fn a_key_swept_from_a_victim_almost_all_garbage_stays_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10_000));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    let expiring = SetOptions { expiry: SetExpiry::At(10_500), ..SetOptions::default() };
+    store.set(b"k", b"old value", SetOptions::default()).unwrap();
+    fill(&mut store, "keep", 1);
+    fill(&mut store, "junk_a", 2);
+    store.set(b"k", b"new value", expiring).unwrap();
+    fill(&mut store, "junk_b", 2);
+    clock.store(11_000, Ordering::Relaxed);
+    for _ in 0..1000 {
+        if store.stats().expired_reclaimed == 1 {
+            break;
+        }
+        store.tick().unwrap();
+    }
+    assert_eq!(store.stats().expired_reclaimed, 1, "the sweep reclaimed the expired key");
+    assert_eq!(store.stats().compactions, 0, "by the sweep, not by compaction");
+    fill(&mut store, "junk_a", 3);
+    fill(&mut store, "junk_b", 3);
+    compact_crash_and_check_k_is_gone(dir.path(), &clock, store);
+}
+
+/// Hot keys rewritten over and over leave victims almost all garbage,
+/// compacted from the index: every key keeps its newest value, before and
+/// after a crash.
+#[test]
+fn victims_compacted_from_the_index_keep_every_newest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    fill(&mut store, "keep", 1);
+    for round in 0..40u8 {
+        for i in 0..40u32 {
+            store.set(format!("hot{i}").as_bytes(), &[round; 250], SetOptions::default()).unwrap();
+        }
+        compact_fully(&mut store, 8 << 10);
+    }
+    let check = |store: &Store| {
+        for i in 0..300u32 {
+            assert_eq!(store.get(format!("keep{i}").as_bytes()), Some(&[1u8; 250][..]));
+        }
+        for i in 0..40u32 {
+            assert_eq!(store.get(format!("hot{i}").as_bytes()), Some(&[39u8; 250][..]));
+        }
+    };
+    check(&store);
+    let stats = store.stats();
+    assert!(stats.compactions >= 5, "{stats:?}");
+    assert!(stats.segments <= 4, "{stats:?}");
+    drop(store);
+    let (store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    check(&store);
+}
