@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod native;
 pub mod native_server;
 pub mod op;
+pub mod repeated;
 pub mod resp;
 pub mod server;
 pub mod shard;

@@ -217,6 +217,12 @@ pub struct Shard {
     pub preparing: Cell<bool>,
     /// The maintenance loop's flush is running on the blocking pool.
     flushing: Cell<bool>,
+    /// The maintenance loop's store work failing tick after tick.
+    tick_failures: crate::repeated::Repeated,
+    /// The maintenance loop's flushes failing to start, tick after tick.
+    flush_start_failures: crate::repeated::Repeated,
+    /// The compaction a batch of writes pays for failing, batch after batch.
+    compaction_failures: crate::repeated::Repeated,
 }
 
 impl Shard {
@@ -237,6 +243,9 @@ impl Shard {
             reservations: RefCell::new(crate::txn::Reservations::default()),
             preparing: Cell::new(false),
             flushing: Cell::new(false),
+            tick_failures: crate::repeated::Repeated::default(),
+            flush_start_failures: crate::repeated::Repeated::default(),
+            compaction_failures: crate::repeated::Repeated::default(),
         }
     }
 
@@ -261,8 +270,13 @@ impl Shard {
     /// (`Store::compact_owed`), before their replies go: a shard that
     /// writes fast pays for its garbage as it makes it.
     pub fn pay_compaction(&self) {
-        if let Err(err) = self.with_store(Store::compact_owed) {
-            tracing::error!(shard = self.id, error = %err, "compaction failed");
+        match self.with_store(Store::compact_owed) {
+            Ok(()) => self.compaction_failures.succeeded(|unlogged| {
+                tracing::info!(shard = self.id, unlogged, "compaction works again");
+            }),
+            Err(err) => self.compaction_failures.failed(std::time::Instant::now(), |unlogged| {
+                tracing::error!(shard = self.id, error = %err, unlogged, "compaction failed");
+            }),
         }
     }
 
@@ -446,7 +460,13 @@ impl Shard {
             // this shard spends serving instead. In a task of their own, so
             // that compaction goes on meanwhile.
             if !self.flushing.get() && self.with_store(|s| s.sync_due()) {
-                match self.with_store(Store::begin_sync) {
+                let started = self.with_store(Store::begin_sync);
+                if started.is_ok() {
+                    self.flush_start_failures.succeeded(|unlogged| {
+                        tracing::info!(shard = self.id, unlogged, "periodic flushes start again");
+                    });
+                }
+                match started {
                     Ok(Some(job)) => {
                         self.flushing.set(true);
                         let shard = self.clone();
@@ -458,7 +478,9 @@ impl Shard {
                         });
                     }
                     Ok(None) => {}
-                    Err(err) => tracing::error!(shard = self.id, error = %err, "periodic flush not started"),
+                    Err(err) => self.flush_start_failures.failed(std::time::Instant::now(), |unlogged| {
+                        tracing::error!(shard = self.id, error = %err, unlogged, "periodic flush not started");
+                    }),
                 }
             }
             // The next segment is made ahead of need, on the blocking pool
@@ -489,13 +511,20 @@ impl Shard {
             // and the expiry sweep's reclaims. Bounded: at most 16 steps a
             // tick, requests between them.
             for _ in 0..16 {
-                let more = self.with_store(|s| match s.tick() {
-                    Ok(more) => more,
+                let more = match self.with_store(Store::tick) {
+                    Ok(more) => {
+                        self.tick_failures.succeeded(|unlogged| {
+                            tracing::info!(shard = self.id, unlogged, "store maintenance works again");
+                        });
+                        more
+                    }
                     Err(err) => {
-                        tracing::error!(shard = self.id, error = %err, "store maintenance failed");
+                        self.tick_failures.failed(std::time::Instant::now(), |unlogged| {
+                            tracing::error!(shard = self.id, error = %err, unlogged, "store maintenance failed");
+                        });
                         false
                     }
-                });
+                };
                 if !more {
                     break;
                 }
