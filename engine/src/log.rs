@@ -181,9 +181,12 @@ impl Log {
     }
 
     /// Whether a segment may be made ahead now, for the next roll: one
-    /// that `Roll::Write` could make itself.
+    /// that `Roll::Write` could make itself even while the one being made
+    /// holds a slot. Made with one slot fewer free, it held the very slot
+    /// its roll needed whenever the roll came before it was ready, and a
+    /// SET was refused with the log a segment short of its bound.
     pub fn may_prepare(&self) -> bool {
-        u64::from(self.free_slots()) > self.keeps_now(Roll::Write)
+        u64::from(self.free_slots()) > self.keeps_now(Roll::Write) + 1
     }
 
     /// Free slots a roll of `roll` must leave now: its class's, and while
@@ -389,8 +392,9 @@ impl Log {
             None => {
                 let full = Error::LogFull { slots: self.max_slots() };
                 // A segment being made ahead still holds its slot (until it
-                // is done and found stale): a write may be refused for it
-                // meanwhile, not take a slot kept for others.
+                // is done and found stale), counted here: a roll must not
+                // take a slot kept for others. `may_prepare` leaves one
+                // for the roll besides it.
                 if u64::from(self.free_slots()) <= self.keeps_now(roll) {
                     return Err(full);
                 }
