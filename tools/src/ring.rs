@@ -131,7 +131,15 @@ struct PlanArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Ranges listed in the table (the first, in ring order); `--json`
+    /// always lists them all.
+    #[arg(long, default_value_t = PLAN_RANGES_SHOWN_DEFAULT, value_name = "N")]
+    ranges: usize,
 }
+
+/// Ranges `ring plan` lists by default: a join to a ring of 100 members
+/// of 256 tokens each moves some 25,000 ranges, too many to read.
+const PLAN_RANGES_SHOWN_DEFAULT: usize = 20;
 
 fn parse_node(text: &str) -> Result<(NodeId, String), String> {
     let (id, address) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ID=HOST:PORT"))?;
@@ -469,6 +477,27 @@ fn plan_command(args: &PlanArgs) -> Result<String, String> {
             .map(|t| vec![t.from.to_string(), t.to.to_string(), percent(t.fraction), t.ranges.to_string()])
             .collect();
         out.push_str(&table(&["from", "to", "moved", "ranges"], &rows));
+        let shown = plan.moves.len().min(args.ranges);
+        let rows: Vec<Vec<String>> = plan.moves[..shown]
+            .iter()
+            .map(|m| {
+                vec![
+                    m.range.start.to_string(),
+                    m.range.end.to_string(),
+                    m.from.to_string(),
+                    m.to.to_string(),
+                    percent(m.range.fraction()),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push('\n');
+            out.push_str(&table(&["after", "up to", "from", "to", "share"], &rows));
+        }
+        if shown < plan.moves.len() {
+            let _ =
+                writeln!(out, "... {} more ranges (--ranges N lists more, --json lists all)", plan.moves.len() - shown);
+        }
     }
     Ok(out)
 }

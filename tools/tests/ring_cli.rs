@@ -78,6 +78,15 @@ fn init_add_remove_show_and_plan() {
         plan["transfers"].as_array().expect("transfers").iter().map(|t| t["fraction"].as_f64().expect("number")).sum();
     assert!((transferred - moved).abs() < 1e-9);
 
+    // The table: the transfers, then the first ranges and how many more.
+    let text = ok(&["plan", "--from", v1.to_str().expect("path"), "--to", v2.to_str().expect("path"), "--ranges", "3"]);
+    assert!(text.contains("25.0000% of the hash space moves in"), "{text}");
+    let ranges: Vec<&str> = text.lines().filter(|l| l.starts_with("0x")).collect();
+    assert_eq!(ranges.len(), 3, "{text}");
+    assert!(ranges.iter().all(|l| l.split_whitespace().nth(3) == Some("n4/0")), "{text}");
+    let total = plan["moves"].as_array().expect("moves").len();
+    assert!(text.contains(&format!("... {} more ranges", total - 3)), "{text}");
+
     ok(&["remove", "--file", file, "--node", "n2"]);
     let plan = json(&["plan", "--from", v2.to_str().expect("path"), "--to", file, "--json"]);
     assert_eq!(plan["to_epoch"], 3);
