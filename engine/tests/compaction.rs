@@ -1,11 +1,13 @@
 //! Compaction gives back the space of overwritten, deleted and expired
 //! records while keeping every live key with its newest value, across a
-//! reopen from the checkpoint and across a crash, and when removing a
-//! compacted segment's file fails.
+//! reopen from the checkpoint and across a crash, when removing a
+//! compacted segment's file fails, and when making the segment its copies
+//! need fails in the middle of a victim.
 
 mod common;
 use common::compact_fully;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -463,4 +465,128 @@ fn victims_compacted_from_the_index_keep_every_newest_value() {
     drop(store);
     let (store, _) = Store::open(dir.path(), config(&clock)).unwrap();
     check(&store);
+}
+
+/// Directories where the files of segments not yet made would go: making
+/// one fails (a file cannot be created, nor a spare linked, over a
+/// directory), as it would on a full disk. Returns them, for
+/// `unblock_new_segments`.
+fn block_new_segments(dir: &Path) -> Vec<PathBuf> {
+    (0..64u32)
+        .map(|slot| dir.join(format!("{slot:06}.seg")))
+        .filter(|path| !path.exists())
+        .inspect(|path| std::fs::create_dir(path).unwrap())
+        .collect()
+}
+
+fn unblock_new_segments(blocked: Vec<PathBuf>) {
+    blocked.iter().for_each(|path| std::fs::remove_dir(path).unwrap());
+}
+
+/// Every key's newest value; `None` for a deleted key.
+fn check_values(store: &Store, expected: &HashMap<String, Option<u8>>) {
+    for (key, &byte) in expected {
+        assert_eq!(store.get(key.as_bytes()), byte.map(|b| [b; 250]).as_ref().map(|v| &v[..]), "{key}");
+    }
+}
+
+/// Writes fillers until the log rolls to a new segment, then until that
+/// one has less than 2 KiB left: the first victim's copies will need
+/// another segment before any victim frees its slot.
+fn fill_the_active_segment_almost(store: &mut Store, expected: &mut HashMap<String, Option<u8>>) {
+    let mut put = |store: &mut Store, n: u32| {
+        let key = format!("filler{n:04}");
+        let live = store.stats().live_bytes;
+        store.set(key.as_bytes(), &[9; 250], SetOptions::default()).unwrap();
+        expected.insert(key, Some(9));
+        store.stats().live_bytes - live
+    };
+    let segments = store.stats().segments;
+    let mut n = 0;
+    while store.stats().segments == segments {
+        put(store, n);
+        n += 1;
+    }
+    // The record that rolled is the new segment's first.
+    let capacity = (64 << 10) - 32;
+    let len = put(store, n);
+    let mut used = 2 * len;
+    while used + len + (2 << 10) <= capacity {
+        n += 1;
+        used += put(store, n);
+    }
+}
+
+/// Compacts with no new segment to be had until a step fails in the middle
+/// of the victims' copies; checks every value then, and again once
+/// segments can be made and compaction has finished, and after a crash.
+fn compaction_stopped_short_of_a_segment_resumes(
+    dir: &Path,
+    clock: &Arc<AtomicU64>,
+    mut store: Store,
+    expected: &mut HashMap<String, Option<u8>>,
+) {
+    fill_the_active_segment_almost(&mut store, expected);
+    let blocked = block_new_segments(dir);
+    let failed = (0..10_000).find_map(|_| match store.compact_step(4 << 10) {
+        Ok(true) => None,
+        Ok(false) => panic!("compaction finished without a new segment: {:?}", store.stats()),
+        Err(err) => Some(err),
+    });
+    assert!(failed.is_some(), "compaction never needed a new segment");
+    check_values(&store, expected);
+    // Stopped again while still blocked, nothing lost or doubled.
+    assert!(store.compact_step(4 << 10).is_err());
+    check_values(&store, expected);
+    unblock_new_segments(blocked);
+    compact_fully(&mut store, 4 << 10);
+    check_values(&store, expected);
+    let stats = store.stats();
+    assert_eq!(stats.keys, expected.values().flatten().count() as u64, "{stats:?}");
+    assert!(stats.dead_bytes < stats.live_bytes / 2, "compaction got its garbage back: {stats:?}");
+    drop(store);
+    let (store, _) = Store::open(dir, config(clock)).unwrap();
+    check_values(&store, expected);
+}
+
+/// Victims half garbage, walked record by record.
+#[test]
+fn a_walk_stopped_short_of_a_segment_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    let mut expected = HashMap::new();
+    for round in 1..=2u8 {
+        for i in 0..1200u32 {
+            // The first round's odd keys are overwritten and one in four
+            // of the others deleted: over half of each of its segments is
+            // garbage, and the tombstones must stay while it does.
+            let key = format!("key{i}");
+            if round == 1 || i % 2 == 1 {
+                store.set(key.as_bytes(), &[round; 250], SetOptions::default()).unwrap();
+                expected.insert(key, Some(round));
+            } else if i % 8 == 0 {
+                assert!(store.delete(key.as_bytes()).unwrap());
+                expected.insert(key, None);
+            }
+        }
+    }
+    compaction_stopped_short_of_a_segment_resumes(dir.path(), &clock, store, &mut expected);
+}
+
+/// Victims almost all garbage, compacted from the index.
+#[test]
+fn an_index_pass_stopped_short_of_a_segment_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1));
+    let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+    let mut expected = HashMap::new();
+    for n in 0..6000u32 {
+        // One record in twelve stays; the others rewrite 50 hot keys.
+        let key = if n % 12 == 0 { format!("stay{n}") } else { format!("hot{}", n % 50) };
+        let byte = (n % 251) as u8;
+        store.set(key.as_bytes(), &[byte; 250], SetOptions::default()).unwrap();
+        expected.insert(key, Some(byte));
+    }
+    compaction_stopped_short_of_a_segment_resumes(dir.path(), &clock, store, &mut expected);
 }
