@@ -35,14 +35,23 @@ const CHEAP_VICTIM_GARBAGE: f64 = 0.9;
 /// full, idle shard would compact forever.
 const TIGHT_VICTIM_GARBAGE: f64 = 0.25;
 
-/// A victim holding at least one record for every this many keys is
-/// compacted from the index (`Cursor::by_index`) rather than by a walk of
-/// its records. A walk decodes every record, dead or alive, hashes its key
-/// and probes the index at random (a cache miss, overlapped by the
+/// A victim holding at least one record for every this many index slots
+/// is compacted from the index (`Cursor::by_index`) rather than by a walk
+/// of its records. A walk decodes every record, dead or alive, hashes its
+/// key and probes the index at random (a cache miss, overlapped by the
 /// prefetch, and for long records another for the header); a pass over
-/// the index reads its entries in order, eight to a cache line, and
-/// touches only the live records.
-const KEYS_PER_RECORD_FOR_INDEX_PASS: u64 = 16;
+/// the index reads its slots in order, eight to a cache line, and touches
+/// only the live records.
+const SLOTS_PER_RECORD_FOR_INDEX_PASS: u64 = 16;
+/// An index pass also needs a table at least this full (keys per slot, as
+/// a fraction `1 / n`): one step visits a bounded number of entries, and
+/// the empty slots between them are read too. A table left nearly empty
+/// by deletes (it shrinks only at an open) would make each step read most
+/// of it.
+const SLOTS_PER_KEY_FOR_INDEX_PASS_MAX: u64 = 4;
+/// A table of at most this many slots (512 KiB) is read whole in some
+/// tens of microseconds: an index pass over it pays however empty it is.
+const INDEX_PASS_SLOTS_ANY_FILL: u64 = 1 << 16;
 /// Index entries one step of an index pass visits at most: some tens of
 /// microseconds of reads in order.
 const INDEX_PASS_VISITS_MAX: usize = 16 * 1024;
@@ -176,10 +185,24 @@ impl Store {
         if seg.orphans || has_older && seg.tombstone_bytes > 0 {
             return false;
         }
-        let keys = self.index.len() as u64;
+        let (keys, slots) = (self.index.len() as u64, self.index.slots() as u64);
         let record_bytes = (self.log.live_bytes_total / keys.max(1)).max(crate::record::RECORD_ALIGN_BYTES as u64);
         let records = (seg.end - HEADER_BYTES) as u64 / record_bytes;
-        records * KEYS_PER_RECORD_FOR_INDEX_PASS >= keys
+        let full_enough = keys * SLOTS_PER_KEY_FOR_INDEX_PASS_MAX >= slots || slots <= INDEX_PASS_SLOTS_ANY_FILL;
+        records * SLOTS_PER_RECORD_FOR_INDEX_PASS >= slots && full_enough
+    }
+
+    /// Room in the log that compacting `seg` may take: its live records and
+    /// the tombstones kept while an older segment exists; with orphans, a
+    /// tombstone for any dead record, at worst one record no longer than
+    /// each it holds.
+    fn compaction_need(seg: &crate::segment::Segment, has_older: bool) -> u64 {
+        let kept = if has_older { seg.tombstone_bytes } else { 0 };
+        if seg.orphans && has_older {
+            (seg.end - HEADER_BYTES) as u64
+        } else {
+            seg.live_bytes + kept
+        }
     }
 
     /// The sealed segment with the largest share of garbage, at least
@@ -208,11 +231,7 @@ impl Store {
             let has_older = oldest.is_some_and(|oldest| oldest < seg.header.seq);
             let kept = if has_older { seg.tombstone_bytes } else { 0 };
             let garbage = 1.0 - (seg.live_bytes + kept) as f64 / capacity;
-            // A segment with orphans may write a tombstone for any dead
-            // record while older segments exist: at worst one record no
-            // longer than each it holds.
-            let need = if seg.orphans && has_older { (seg.end - HEADER_BYTES) as u64 } else { seg.live_bytes + kept };
-            let fits = need <= room;
+            let fits = Self::compaction_need(seg, has_older) <= room;
             if garbage >= ratio_min && fits && best.is_none_or(|(g, _)| garbage > g) {
                 best = Some((garbage, slot as u32));
             }
@@ -354,9 +373,15 @@ impl Store {
                 // The expiry sweep reclaimed a record here since the victim
                 // was picked: its key may need a tombstone now, which only
                 // a walk of every record finds. Records already moved are
-                // dead here and are dropped by the walk.
+                // dead here and are dropped by the walk. The walk may need
+                // more room than the pass did: in a tight log where it does
+                // not fit, the victim is left for `best_victim` to size
+                // again.
+                let room = if self.log.tight { self.log.compaction_room() } else { u64::MAX };
                 cur.by_index = None;
-                self.compaction = Some(cur);
+                if Self::compaction_need(seg, cur.has_older) <= room {
+                    self.compaction = Some(cur);
+                }
                 break Ok(true);
             }
             if examined >= budget_bytes {
@@ -377,9 +402,6 @@ impl Store {
                     ControlFlow::Continue(())
                 }
             });
-            let covered = ((u128::from(next.unwrap_or(1 << 32) - from) * u128::from(victim_bytes)) >> 32) as u64;
-            examined += covered as usize;
-            self.counters.compacted_bytes += covered;
             found.iter().for_each(|&(_, loc)| self.log.prefetch_record(loc));
             for &(hash, loc) in &found {
                 if let Err(err) = self.compact_live(hash, loc, now, cur.has_older, &mut scratch) {
@@ -389,6 +411,9 @@ impl Store {
                     break 'steps Err(err);
                 }
             }
+            let covered = ((u128::from(next.unwrap_or(1 << 32) - from) * u128::from(victim_bytes)) >> 32) as u64;
+            examined += covered as usize;
+            self.counters.compacted_bytes += covered;
             match next {
                 Some(hash) => cur.by_index = Some(hash),
                 None => break self.finish_victim(cur),
@@ -491,7 +516,7 @@ impl Store {
             }
             return Ok(false);
         }
-        tracing::debug!(slot = cur.slot, seq = cur.seq, "segment compacted");
+        tracing::debug!(slot = cur.slot, seq = cur.seq, from_index = cur.by_index.is_some(), "segment compacted");
         self.log.remove_segment(cur.slot)?;
         if self.log.seal_after_flush {
             // The removal becomes durable with the next flush, which
@@ -504,6 +529,7 @@ impl Store {
             self.log.sync_dir()?;
         }
         self.counters.compactions += 1;
+        self.counters.compactions_from_index += u64::from(cur.by_index.is_some());
         Ok(self.pick_victim().is_some())
     }
 }

@@ -328,6 +328,12 @@ impl Index {
         self.len() == 0
     }
 
+    /// Slots a pass over every entry (`scan_from`) reads, empty or not.
+    pub fn slots(&self) -> usize {
+        let table = |t: &Table| t.slots.len();
+        table(&self.cur) + self.old.as_ref().map_or(0, table)
+    }
+
     /// Bytes of memory held by the slot arrays.
     pub fn heap_bytes(&self) -> usize {
         let table = |t: &Table| t.slots.bytes();

@@ -245,6 +245,9 @@ pub struct Stats {
     pub index_bytes: u64,
     pub syncs: u64,
     pub compactions: u64,
+    /// Of `compactions`, the victims compacted from the index (almost all
+    /// garbage) rather than walked.
+    pub compactions_from_index: u64,
     pub compacted_bytes: u64,
     pub expired_reclaimed: u64,
     /// Read lookups that found a live key, and those that did not.
@@ -278,6 +281,7 @@ impl Stats {
             index_bytes,
             syncs,
             compactions,
+            compactions_from_index,
             compacted_bytes,
             expired_reclaimed,
             hits,
@@ -301,6 +305,7 @@ impl Stats {
         self.index_bytes += index_bytes;
         self.syncs += syncs;
         self.compactions += compactions;
+        self.compactions_from_index += compactions_from_index;
         self.compacted_bytes += compacted_bytes;
         self.expired_reclaimed += expired_reclaimed;
         self.hits += hits;
@@ -368,6 +373,7 @@ pub struct Store {
 pub(crate) struct Counters {
     pub syncs: u64,
     pub compactions: u64,
+    pub compactions_from_index: u64,
     pub compacted_bytes: u64,
     /// Bytes of records that writes appended (not compaction's copies),
     /// and the part of them compaction's pacing has seen.
@@ -856,6 +862,7 @@ impl Store {
             index_bytes: self.index.heap_bytes() as u64,
             syncs: self.counters.syncs,
             compactions: self.counters.compactions,
+            compactions_from_index: self.counters.compactions_from_index,
             compacted_bytes: self.counters.compacted_bytes,
             expired_reclaimed: self.counters.expired_reclaimed,
             hits: self.counters.hits.get(),

@@ -210,6 +210,12 @@ pub async fn render(shared: &Shared) -> String {
     family("ringkv_index_bytes", "gauge", "Bytes of index memory.", store(&|s| s.index_bytes));
     family("ringkv_syncs_total", "counter", "Flushes of the log to disk.", store(&|s| s.syncs));
     family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));
+    family(
+        "ringkv_compactions_from_index_total",
+        "counter",
+        "Segments freed by compaction from the index (almost all garbage) rather than by a walk.",
+        store(&|s| s.compactions_from_index),
+    );
     family("ringkv_compacted_bytes_total", "counter", "Bytes examined by compaction.", store(&|s| s.compacted_bytes));
     family("ringkv_expired_total", "counter", "Expired keys reclaimed.", store(&|s| s.expired_reclaimed));
     family("ringkv_keyspace_hits_total", "counter", "Reads that found their key.", store(&|s| s.hits));
