@@ -169,18 +169,20 @@ impl Store {
     }
 
     /// Whether the victim `seg` is better compacted from the index than by
-    /// a walk of its records (`KEYS_PER_RECORD_FOR_INDEX_PASS`). Only
-    /// victims almost all garbage are: a pass in hash order copies a live
+    /// a walk of its records (`SLOTS_PER_RECORD_FOR_INDEX_PASS`,
+    /// `SLOTS_PER_KEY_FOR_INDEX_PASS_MAX`). The caller asks only for
+    /// victims almost all garbage: a pass in hash order copies a live
     /// record at once, where a walk in log order reaches it as late as it
     /// can, and keys rewritten in the order they were written die at the
     /// walk's pace. Under a memory bound, 32-byte values rewritten in order
     /// (`overwrites_under_a_bound_are_never_refused_while_garbage_can_go`),
     /// a pass over victims half garbage copied 25 KiB of each 64 KiB, a
-    /// walk 0.4 KiB, and writes were refused. An index
-    /// pass never sees a dead record, so it must be one that can go
-    /// without a look: none may have left the index as its key's newest
-    /// record (`orphans`), and there must be no tombstones to keep (they
-    /// are kept while an older segment exists).
+    /// walk 0.4 KiB, and writes were refused.
+    ///
+    /// A pass never sees a dead record, so every dead record must be one
+    /// that can go without a look: none may have left the index as its
+    /// key's newest record (`orphans`), and there must be no tombstones to
+    /// keep (they are kept while an older segment exists).
     fn index_pass_pays(&self, seg: &crate::segment::Segment, has_older: bool) -> bool {
         if seg.orphans || has_older && seg.tombstone_bytes > 0 {
             return false;
