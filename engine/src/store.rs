@@ -673,6 +673,8 @@ impl Store {
 
     /// Appends a live record and points the index at it.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>, hash: u32) -> Result<Loc> {
+        // The index slot loads while the record is written.
+        self.index.prefetch(hash);
         let spec = RecordSpec { key, value, expires_at_ms, tombstone: false };
         let (loc, len) = self.append_written(&spec)?;
         self.log.mark_live(loc, len);
