@@ -19,6 +19,10 @@ use crate::store::Store;
 
 /// Records whose index slots a segment walk loads ahead.
 pub(crate) const PREFETCH_RECORDS: usize = 16;
+/// Records from this long have the headers of the records after them
+/// prefetched by a walk (`prefetch_index_of_records`); shorter ones share
+/// lines, which the hardware's prefetcher follows.
+const PREFETCH_HEADERS_MIN_RECORD_BYTES: usize = 256;
 /// Victims whose copies may wait for a flush at once while compaction goes
 /// on with the next (`Store::compacted_waiting`).
 const VICTIMS_WAITING_MAX: usize = 4;
@@ -438,6 +442,7 @@ impl Store {
     pub(crate) fn prefetch_index_of_records(&mut self, slot: u32, mut pos: usize, count: usize) -> usize {
         self.prefetched_hashes.clear();
         let Some(seg) = self.log.segment(slot) else { return pos };
+        let mut last_len = 0;
         for _ in 0..count {
             match scan::walk(seg, pos) {
                 Walk::Record { view, .. } => {
@@ -445,9 +450,21 @@ impl Store {
                     self.index.prefetch(hash);
                     self.prefetched_hashes.push_back((slot, pos, hash));
                     pos += view.len;
+                    last_len = view.len;
                 }
                 Walk::Damaged { resume, .. } => pos = resume,
                 Walk::Unreadable { .. } | Walk::End => break,
+            }
+        }
+        // The headers of the next `count` records, guessed as long as the
+        // last: each header was a cache miss the next decode waited for
+        // (long records put one or two in a page, where the hardware's
+        // prefetcher stops), and the walk ahead above goes one record at a
+        // time. A wrong guess costs a wasted line.
+        if last_len >= PREFETCH_HEADERS_MIN_RECORD_BYTES {
+            let bytes = seg.bytes();
+            for at in (1..=count).map(|k| pos + k * last_len).take_while(|&at| at < seg.end) {
+                crate::index::prefetch_read(&bytes[at]);
             }
         }
         pos
