@@ -38,6 +38,9 @@ const CHEAP_VICTIM_GARBAGE: f64 = 0.9;
 /// little more than an unused tail would leave tails of their own, and a
 /// full, idle shard would compact forever.
 const TIGHT_VICTIM_GARBAGE: f64 = 0.25;
+/// After a look for a victim almost all garbage found none, the next waits
+/// until writes filled this fraction of a segment (`cheap_victim_waits`).
+const CHEAP_VICTIM_RECHECK_SEGMENT_FRACTION: usize = 16;
 
 /// A victim holding at least one record for every this many index slots
 /// is compacted from the index (`Cursor::by_index`) rather than by a walk
@@ -147,7 +150,25 @@ impl Store {
             }
         }
         let (live, used) = (self.log.live_bytes_total, self.log.used_bytes_total);
-        used - live.min(used) > live || self.best_victim().is_some_and(|(garbage, _)| garbage >= CHEAP_VICTIM_GARBAGE)
+        used - live.min(used) > live || self.cheap_victim_waits()
+    }
+
+    /// Whether some victim is almost all garbage (`CHEAP_VICTIM_GARBAGE`).
+    /// Looking walks every segment, and `compact_owed` asks after every
+    /// batch of writes: after a look that found none, the next waits for
+    /// `CHEAP_VICTIM_RECHECK_SEGMENT_FRACTION` of a segment of writes,
+    /// which is what makes a victim cheaper.
+    fn cheap_victim_waits(&self) -> bool {
+        let written = self.counters.written_bytes;
+        let recheck = (self.log.segment_size() / CHEAP_VICTIM_RECHECK_SEGMENT_FRACTION) as u64;
+        if written.saturating_sub(self.counters.cheap_victim_none_at.get()) < recheck {
+            return false;
+        }
+        let found = self.best_victim().is_some_and(|(garbage, _)| garbage >= CHEAP_VICTIM_GARBAGE);
+        if !found {
+            self.counters.cheap_victim_none_at.set(written);
+        }
+        found
     }
 
     /// Removes the victims whose copies a flush has made durable since

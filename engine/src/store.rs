@@ -381,6 +381,9 @@ pub(crate) struct Counters {
     pub written_bytes_paced: u64,
     /// `written_bytes` at the last `tick`: none since means idle.
     pub written_bytes_ticked: u64,
+    /// `written_bytes` when `compaction_wanted` last looked for a victim
+    /// almost all garbage and found none (a walk over every segment).
+    pub cheap_victim_none_at: Cell<u64>,
     pub expired_reclaimed: u64,
     /// Cells: reads take `&self`.
     pub hits: Cell<u64>,
