@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 
 use crate::error::Result;
 use crate::index::Loc;
-use crate::record::RecordSpec;
+use crate::record::{RecordSpec, RECORD_ALIGN_BYTES};
 use crate::scan::{self, Copied, Walk};
 use crate::segment::HEADER_BYTES;
 use crate::store::Store;
@@ -23,6 +23,10 @@ pub(crate) const PREFETCH_RECORDS: usize = 16;
 /// prefetched by a walk (`prefetch_index_of_records`); shorter ones share
 /// lines, which the hardware's prefetcher follows.
 const PREFETCH_HEADERS_MIN_RECORD_BYTES: usize = 256;
+/// How far past a record a walk that skips dead records
+/// (`Segment::skips_dead`) looks for the next ones to prefetch: 128 words
+/// of marks. The walk itself goes on at the pace of its budget.
+const PREFETCH_SKIP_SPAN_BYTES: usize = 64 << 10;
 /// Victims whose copies may wait for a flush at once while compaction goes
 /// on with the next (`Store::compacted_waiting`).
 const VICTIMS_WAITING_MAX: usize = 4;
@@ -80,6 +84,9 @@ pub struct Cursor {
     /// The victim's live records are found from the index, in hash order:
     /// the next hash to visit. `None` for a walk of its records (`pos`).
     by_index: Option<u64>,
+    /// The bytes below this, in the run of dead records that starts at
+    /// `pos`, count as examined already (`compact_step`'s skip).
+    paid_to: usize,
 }
 
 impl Cursor {
@@ -190,7 +197,7 @@ impl Store {
         let seq = seg.header.seq;
         let has_older = self.log.has_older_than(seq);
         let by_index = (garbage >= CHEAP_VICTIM_GARBAGE && self.index_pass_pays(seg, has_older)).then_some(0);
-        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older, durable_at: None, by_index })
+        Some(Cursor { slot, seq, pos: HEADER_BYTES, has_older, durable_at: None, by_index, paid_to: 0 })
     }
 
     /// Whether the victim `seg` is better compacted from the index than by
@@ -294,11 +301,35 @@ impl Store {
                 self.compaction = Some(cur);
                 break Ok(true);
             }
-            if cur.pos >= prefetched_to {
-                prefetched_to = self.prefetch_index_of_records(cur.slot, cur.pos, PREFETCH_RECORDS);
-            }
             let Some(seg) = self.log.segment(cur.slot) else { break Ok(false) };
             let orphans = seg.orphans;
+            // Records between marks were overwritten, deleted or moved:
+            // they are dropped unseen, but paid for as if walked. Keys
+            // rewritten in the order they were written die in log order,
+            // at the pace of the writes that pay for this walk; a walk
+            // that jumped ahead would copy records about to die (the
+            // `cache` test's overwrites under a bound were refused).
+            let skip_dead = seg.skips_dead();
+            if skip_dead {
+                // Marks below `paid_to` were found clear, and a sealed
+                // segment gains none.
+                let from = cur.paid_to.max(cur.pos);
+                let room = (budget_bytes - examined) / RECORD_ALIGN_BYTES * RECORD_ALIGN_BYTES;
+                let next = seg.next_marked_within(from, room).unwrap_or(seg.end);
+                let paid_to = next.min(from + room);
+                examined += paid_to.saturating_sub(from);
+                self.counters.compacted_bytes += paid_to.saturating_sub(from) as u64;
+                cur.paid_to = paid_to;
+                if paid_to < next {
+                    self.compaction = Some(cur);
+                    break Ok(true);
+                }
+                cur.pos = next;
+            }
+            if cur.pos >= prefetched_to {
+                prefetched_to = self.prefetch_index_of_records(cur.slot, cur.pos, PREFETCH_RECORDS, skip_dead);
+            }
+            let Some(seg) = self.log.segment(cur.slot) else { break Ok(false) };
             let Copied { offset, len, tombstone, .. } = match scan::walk(seg, cur.pos) {
                 Walk::Record { offset, view } => Copied::of(offset, &view, &mut scratch),
                 Walk::Damaged { offset, resume } => {
@@ -460,11 +491,35 @@ impl Store {
     /// ops per server CPU-second rose 3–6% (docs/benchmarks.md). The hashes
     /// are kept for the walk (`prefetched_hash`), which then hashes no key
     /// a second time.
-    pub(crate) fn prefetch_index_of_records(&mut self, slot: u32, mut pos: usize, count: usize) -> usize {
+    ///
+    /// With `skip_dead` (the walk goes from mark to mark, `Segment::next_marked`)
+    /// the records are the next `count` marked ones, their headers
+    /// prefetched together first.
+    pub(crate) fn prefetch_index_of_records(
+        &mut self,
+        slot: u32,
+        mut pos: usize,
+        count: usize,
+        skip_dead: bool,
+    ) -> usize {
         self.prefetched_hashes.clear();
         let Some(seg) = self.log.segment(slot) else { return pos };
+        if skip_dead {
+            let mut at = pos;
+            for _ in 0..count {
+                let Some(next) = seg.next_marked_within(at, PREFETCH_SKIP_SPAN_BYTES) else { break };
+                crate::index::prefetch_read(&seg.bytes()[next]);
+                at = next + RECORD_ALIGN_BYTES;
+            }
+        }
         let mut last_len = 0;
         for _ in 0..count {
+            if skip_dead {
+                match seg.next_marked_within(pos, PREFETCH_SKIP_SPAN_BYTES) {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
             match scan::walk(seg, pos) {
                 Walk::Record { view, .. } => {
                     let hash = crate::store::index_hash_with(self.index_seed, view.key);
@@ -476,6 +531,9 @@ impl Store {
                 Walk::Damaged { resume, .. } => pos = resume,
                 Walk::Unreadable { .. } | Walk::End => break,
             }
+        }
+        if skip_dead {
+            return pos;
         }
         // The headers of the next `count` records, guessed as long as the
         // last: each header was a cache miss the next decode waited for

@@ -58,6 +58,10 @@ impl Store {
                 self.sweep = Some(cur);
                 return;
             }
+            // A record between marks is in no index entry: nothing expires.
+            let next = seg.next_marked(cur.pos);
+            walked += next - cur.pos;
+            cur.pos = next;
             let (offset, len, expires_at_ms, hash) = match scan::walk(seg, cur.pos) {
                 Walk::Record { offset, view } => match view.expires_at_ms {
                     Some(at) if !view.tombstone => (offset, view.len, at, self.index_hash(view.key)),

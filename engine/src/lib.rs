@@ -21,6 +21,7 @@ mod hint;
 mod histogram;
 pub mod index;
 mod log;
+mod marks;
 mod memory;
 pub mod record;
 mod recovery;

@@ -350,6 +350,13 @@ impl Log {
             + self.prepared.as_ref().map_or(0, Segment::resident_bytes)
     }
 
+    /// Heap bytes of the segments' marks (`crate::marks`), the spares'
+    /// and the one made ahead's included.
+    pub fn marks_bytes(&self) -> u64 {
+        let segments = self.segments.iter().flatten().chain(&self.spares).chain(&self.prepared);
+        segments.map(|s| s.marks_bytes() as u64).sum()
+    }
+
     /// Resident bytes of the spare segments.
     pub fn spare_bytes(&self) -> u64 {
         self.spares.iter().map(Segment::resident_bytes).sum()
@@ -533,9 +540,12 @@ impl Log {
     }
 
     /// Counts a record's bytes as no longer live.
+    /// The index must no longer point at it: its mark goes too
+    /// (`crate::marks`), and a walk then drops it unseen.
     pub fn mark_dead(&mut self, loc: Loc, len: usize) {
-        let (slot, _) = self.split(loc);
+        let (slot, offset) = self.split(loc);
         if let Some(seg) = self.segments.get_mut(slot as usize).and_then(Option::as_mut) {
+            seg.unmark(offset);
             debug_assert!(seg.live_bytes >= len as u64, "live bytes never go negative");
             let dead = (len as u64).min(seg.live_bytes);
             seg.live_bytes -= dead;

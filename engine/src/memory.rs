@@ -26,14 +26,16 @@
 //! can never bring an older value back at recovery.
 
 use crate::error::{Error, Result};
+use crate::marks::RecordMarks;
 use crate::scan::{self, Copied, Walk};
 use crate::segment::HEADER_BYTES;
 use crate::store::{Mode, Store};
 
 impl Store {
-    /// Index plus resident segment bytes, as the bound counts them.
+    /// Index plus resident segment bytes and their marks, as the bound
+    /// counts them.
     pub fn memory_used_bytes(&self) -> u64 {
-        self.log.resident_bytes() + self.log.spare_bytes() + self.index.heap_bytes() as u64
+        self.log.resident_bytes() + self.log.spare_bytes() + self.index.heap_bytes() as u64 + self.log.marks_bytes()
     }
 
     /// Makes sure one segment of headroom remains under the bound before a
@@ -96,10 +98,11 @@ impl Store {
 
     fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {
         let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
-        // One segment of headroom: room for the active segment to fill,
+        // One segment (and its marks) of headroom: room for the active segment to fill,
         // and for eviction's copies to roll into a new one; and the room
         // held for writes to come.
-        let headroom = self.log.segment_size() as u64 + bytes + self.held_bytes;
+        let segment = self.log.segment_size();
+        let headroom = (segment + RecordMarks::bytes_for(segment)) as u64 + bytes + self.held_bytes;
         loop {
             let used_bytes = self.memory_used_bytes();
             if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {
@@ -141,8 +144,12 @@ impl Store {
         let mut prefetched_to = pos;
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = loop {
+            let Some(seg) = self.log.segment(slot) else { break Ok(()) };
+            // A record between marks is in no index entry: nothing to keep
+            // or drop (orphans or not: eviction leaves no tombstones).
+            pos = seg.next_marked(pos);
             if pos >= prefetched_to {
-                prefetched_to = self.prefetch_index_of_records(slot, pos, crate::compaction::PREFETCH_RECORDS);
+                prefetched_to = self.prefetch_index_of_records(slot, pos, crate::compaction::PREFETCH_RECORDS, true);
             }
             let Some(seg) = self.log.segment(slot) else { break Ok(()) };
             let Copied { offset, len, expires_at_ms, .. } = match scan::walk(seg, pos) {

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use crate::error::{Error, Result};
+use crate::marks::RecordMarks;
 
 pub const MAGIC: [u8; 8] = *b"RINGKVSG";
 /// The version new segments are written with: record checksums keyed by
@@ -46,6 +47,22 @@ const HUGE_PAGE_BYTES: u64 = 2 << 20;
 /// Smallest segment advised `MADV_HUGEPAGE`: a smaller one would be
 /// faulted in whole by its header's write, in one folio.
 pub const HUGE_SEGMENT_MIN_BYTES: usize = 4 << 20;
+/// How far past the head an append asks the CPU to start loading the log
+/// lines the next appends will overwrite (`Segment::prefetch_ahead`).
+/// The log's memory was last touched a whole pass over the log ago, so
+/// each line of an append was a miss the stores queued behind; the
+/// hardware's prefetcher stops at every 4 KiB page, which holds four
+/// 1 KiB records. Criterion's 1 KiB sets, three runs each (with
+/// `prefetchw`): 441 µs per 1000 without, 397 µs at 4 KiB ahead, 382 µs
+/// at 8 KiB. A read prefetch (a line no other core holds comes in
+/// exclusive, ready for the stores) measured the same in
+/// `engine_interleaved`: 0.75x-0.84x the `HashMap` against 0.68x-0.72x
+/// without, and needs no instruction outside the x86-64 baseline.
+const PREFETCH_AHEAD_BYTES: usize = 8 << 10;
+const CACHE_LINE_BYTES: usize = 64;
+/// Appends from this long prefetch ahead; shorter ones fill a page's
+/// lines one after another, which the hardware's prefetcher follows.
+const PREFETCH_AHEAD_MIN_RECORD_BYTES: usize = 256;
 /// CRC-32 of the two zero bytes a zeroed region's "record" would cover
 /// (meta and value length both zero). No segment has this checksum key, so
 /// untouched, zeroed space never decodes as a record.
@@ -185,6 +202,11 @@ pub struct Segment {
     resident_floor: usize,
     /// End of the records: the append position of the active segment.
     pub end: usize,
+    /// Lines below this were prefetched for appends (`prefetch_ahead`).
+    prefetched_to: usize,
+    /// The record starts a walk must visit (`crate::marks`); `None` for a
+    /// segment opened at startup.
+    marks: Option<RecordMarks>,
     /// Bytes of records that the index points at.
     pub live_bytes: u64,
     /// Bytes below this are known durable.
@@ -311,6 +333,7 @@ impl Segment {
         end: usize,
         resident_floor: usize,
     ) -> Segment {
+        let marks = Some(RecordMarks::new(map.len()));
         Segment {
             crc_key: header.crc_key(),
             header,
@@ -319,6 +342,8 @@ impl Segment {
             file,
             resident_floor,
             end,
+            prefetched_to: 0,
+            marks,
             live_bytes: 0,
             synced_to: end,
             header_dirty: false,
@@ -364,6 +389,7 @@ impl Segment {
         let mut seg = Segment::over(header, path.into(), map, Some(file), end, 0);
         seg.opened_at_start = true;
         seg.orphans = true;
+        seg.marks = None;
         Ok(seg)
     }
 
@@ -478,7 +504,60 @@ impl Segment {
         }
         write(&mut self.map[at..at + len]);
         self.end += len;
+        if let Some(marks) = &mut self.marks {
+            marks.set(at);
+        }
+        if len >= PREFETCH_AHEAD_MIN_RECORD_BYTES {
+            self.prefetch_ahead();
+        }
         Some(at)
+    }
+
+    /// Notes that the index no longer points at the record at `offset`.
+    pub fn unmark(&mut self, offset: usize) {
+        if let Some(marks) = &mut self.marks {
+            marks.clear(offset);
+        }
+    }
+
+    /// The first record at or after `from` that a walk needing no dead
+    /// record must visit (see `crate::marks`): `from` itself in a segment
+    /// without marks, `end` when none is left.
+    pub fn next_marked(&self, from: usize) -> usize {
+        self.marks.as_ref().map_or(from, |marks| marks.next_from(from, self.end))
+    }
+
+    /// `next_marked`, looking no further than `span` bytes past `from`:
+    /// `None` when no marked record starts there.
+    pub fn next_marked_within(&self, from: usize, span: usize) -> Option<usize> {
+        let Some(marks) = &self.marks else { return Some(from) };
+        let limit = self.end.min(from + span);
+        Some(marks.next_from(from, limit)).filter(|&at| at < limit)
+    }
+
+    /// Whether a walk may go from mark to mark (`next_marked`) and drop
+    /// the records between unseen: they were all overwritten, deleted or
+    /// moved, so none can be its key's newest record.
+    pub fn skips_dead(&self) -> bool {
+        self.marks.is_some() && !self.orphans
+    }
+
+    /// Heap bytes of the marks.
+    pub fn marks_bytes(&self) -> usize {
+        self.marks.as_ref().map_or(0, RecordMarks::heap_bytes)
+    }
+
+    /// Starts loading the lines up to `PREFETCH_AHEAD_BYTES` past the
+    /// head that no append has asked for yet. A line whose page is not
+    /// mapped is skipped by the CPU, never faulted in.
+    fn prefetch_ahead(&mut self) {
+        let to = (self.end + PREFETCH_AHEAD_BYTES).min(self.map.len());
+        let mut line = self.end.max(self.prefetched_to).next_multiple_of(CACHE_LINE_BYTES);
+        while line < to {
+            crate::index::prefetch_read(&self.map[line]);
+            line += CACHE_LINE_BYTES;
+        }
+        self.prefetched_to = self.prefetched_to.max(line);
     }
 
     /// Marks the segment sealed at its current end. The header reaches disk

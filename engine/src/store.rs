@@ -242,6 +242,7 @@ pub struct Stats {
     pub segments_recycled: u64,
     /// Removed segments kept to be recycled.
     pub segments_spare: u64,
+    /// The index's table and the segments' marks (`crate::marks`).
     pub index_bytes: u64,
     pub syncs: u64,
     pub compactions: u64,
@@ -864,7 +865,7 @@ impl Store {
     pub fn stats(&self) -> Stats {
         let mut stats = Stats {
             keys: self.index.len() as u64,
-            index_bytes: self.index.heap_bytes() as u64,
+            index_bytes: self.index.heap_bytes() as u64 + self.log.marks_bytes(),
             syncs: self.counters.syncs,
             compactions: self.counters.compactions,
             compactions_from_index: self.counters.compactions_from_index,
