@@ -151,7 +151,7 @@ impl Store {
         }
         if let Some(limit) = self.config.memory_max_bytes {
             let needed =
-                self.memory_used_bytes() + self.log.segment_size() as u64 + self.index.growth_reserve_bytes() as u64;
+                self.memory_used_bytes() + self.segment_footprint_bytes() + self.index.growth_reserve_bytes() as u64;
             if needed >= limit / 4 * 3 {
                 return true;
             }
@@ -314,7 +314,7 @@ impl Store {
                 // Marks below `paid_to` were found clear, and a sealed
                 // segment gains none.
                 let from = cur.paid_to.max(cur.pos);
-                let room = (budget_bytes - examined) / RECORD_ALIGN_BYTES * RECORD_ALIGN_BYTES;
+                let room = (budget_bytes - examined).next_multiple_of(RECORD_ALIGN_BYTES);
                 let next = seg.next_marked_within(from, room).unwrap_or(seg.end);
                 let paid_to = next.min(from + room);
                 examined += paid_to.saturating_sub(from);
@@ -324,6 +324,8 @@ impl Store {
                     self.compaction = Some(cur);
                     break Ok(true);
                 }
+                #[cfg(debug_assertions)]
+                self.assert_unseen_records_dead(cur.slot, cur.pos, next);
                 cur.pos = next;
             }
             if cur.pos >= prefetched_to {
@@ -547,6 +549,25 @@ impl Store {
             }
         }
         pos
+    }
+
+    /// Checks, in debug builds, what a walk that skipped the records of
+    /// `slot` from `from` to `to` relied on: none was a tombstone or
+    /// pointed at by the index.
+    #[cfg(debug_assertions)]
+    fn assert_unseen_records_dead(&self, slot: u32, mut from: usize, to: usize) {
+        let Some(seg) = self.log.segment(slot) else { return };
+        while from < to {
+            let Walk::Record { view, .. } = scan::walk(seg, from) else { return };
+            let here = self.log.loc(slot, from);
+            assert!(!view.tombstone, "a tombstone at {from} of slot {slot} was skipped");
+            let hash = self.index_hash(view.key);
+            assert!(
+                self.index.get(hash, |l| l == here).is_none(),
+                "a live record at {from} of slot {slot} was skipped"
+            );
+            from += view.len;
+        }
     }
 
     /// The index hash of the key of the record at `offset` of `slot`, as

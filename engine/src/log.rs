@@ -115,6 +115,9 @@ pub struct Log {
     /// Resident bytes of every segment but the active one (see
     /// `resident_bytes`), recounted whenever the set of segments changes.
     pub inactive_resident_bytes: u64,
+    /// Heap bytes of the segments' marks (`crate::marks`), recounted with
+    /// `inactive_resident_bytes`.
+    pub segments_marks_bytes: u64,
     /// Segments live in anonymous memory, not files (cache mode).
     pub in_memory: bool,
     /// Removed segments kept to become the next ones (`Segment::recycle`),
@@ -353,8 +356,8 @@ impl Log {
     /// Heap bytes of the segments' marks (`crate::marks`), the spares'
     /// and the one made ahead's included.
     pub fn marks_bytes(&self) -> u64 {
-        let segments = self.segments.iter().flatten().chain(&self.spares).chain(&self.prepared);
-        segments.map(|s| s.marks_bytes() as u64).sum()
+        let others = self.spares.iter().chain(&self.prepared);
+        self.segments_marks_bytes + others.map(|s| s.marks_bytes() as u64).sum::<u64>()
     }
 
     /// Resident bytes of the spare segments.
@@ -372,6 +375,7 @@ impl Log {
 
     /// Recounts `inactive_resident_bytes` after segments came or went.
     pub fn recount_resident(&mut self) {
+        self.segments_marks_bytes = self.segments.iter().flatten().map(|s| s.marks_bytes() as u64).sum();
         let active = self.active as usize;
         self.inactive_resident_bytes = self
             .segments

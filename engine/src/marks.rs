@@ -59,8 +59,14 @@ impl RecordMarks {
     pub fn clear(&mut self, offset: usize) {
         let (word, bit) = Self::bit(offset);
         if let Some(w) = self.words.get_mut(word) {
+            debug_assert!(*w & bit != 0, "a record at {offset} leaves the index twice, or was never appended");
             *w &= !bit;
         }
+    }
+
+    /// Clears every mark, for the segment's next life.
+    pub fn clear_all(&mut self) {
+        self.words.fill(0);
     }
 
     /// The first marked record start at or after `from` (an aligned

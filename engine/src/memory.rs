@@ -3,8 +3,9 @@
 //! Memory used is the index plus the resident bytes of every segment: the
 //! pages up to the end of its records, or the 2 MiB folios for a segment
 //! advised `MADV_HUGEPAGE` (all of a recycled segment's, and of the spares
-//! kept for the next ones). Each write checks that one segment
-//! of headroom remains under the bound (the room the active segment may
+//! kept for the next ones), plus the segments' record marks (1/64 of
+//! each, `crate::marks`). Each write checks that one segment (and its
+//! marks) of headroom remains under the bound (the room the active segment may
 //! still fill and eviction's copies need), and room for the index's next
 //! growth step once that step is near. When it does not:
 //! - in store mode, a write that adds data fails with `OutOfMemory`
@@ -36,6 +37,13 @@ impl Store {
     /// counts them.
     pub fn memory_used_bytes(&self) -> u64 {
         self.log.resident_bytes() + self.log.spare_bytes() + self.index.heap_bytes() as u64 + self.log.marks_bytes()
+    }
+
+    /// What one more segment adds to `memory_used_bytes` once filled: its
+    /// bytes and its marks.
+    pub(crate) fn segment_footprint_bytes(&self) -> u64 {
+        let segment = self.log.segment_size();
+        (segment + RecordMarks::bytes_for(segment)) as u64
     }
 
     /// Makes sure one segment of headroom remains under the bound before a
@@ -101,8 +109,7 @@ impl Store {
         // One segment (and its marks) of headroom: room for the active segment to fill,
         // and for eviction's copies to roll into a new one; and the room
         // held for writes to come.
-        let segment = self.log.segment_size();
-        let headroom = (segment + RecordMarks::bytes_for(segment)) as u64 + bytes + self.held_bytes;
+        let headroom = self.segment_footprint_bytes() + bytes + self.held_bytes;
         loop {
             let used_bytes = self.memory_used_bytes();
             if used_bytes + headroom + self.index.growth_reserve_bytes() as u64 <= limit_bytes {

@@ -95,6 +95,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         next_seq: floor.unwrap_or(0),
         unsynced: Vec::new(),
         inactive_resident_bytes: 0,
+        segments_marks_bytes: 0,
         in_memory,
         spares: Vec::new(),
         seal_after_flush: config.fsync == crate::FsyncPolicy::EverySec && !in_memory,
@@ -626,6 +627,7 @@ mod tests {
         }
         let slot = store.log.active;
         let live_bytes = store.log.segment(slot).expect("active").live_bytes;
+        store.log.segment_mut(slot).expect("active").drop_marks();
         let mut report = RecoveryReport::default();
         // Every record under one hash, as if all three keys collided.
         let mut scanned = Vec::new();

@@ -318,7 +318,8 @@ impl Segment {
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
         sync_dir(dir)?;
-        let mut made = Segment::over(header, path, map, Some(file), HEADER_BYTES, 0);
+        let marks = Some(RecordMarks::new(map.len()));
+        let mut made = Segment::over(header, path, map, Some(file), HEADER_BYTES, 0, marks);
         made.huge = paging == Paging::Huge;
         Ok(made)
     }
@@ -332,8 +333,8 @@ impl Segment {
         file: Option<File>,
         end: usize,
         resident_floor: usize,
+        marks: Option<RecordMarks>,
     ) -> Segment {
-        let marks = Some(RecordMarks::new(map.len()));
         Segment {
             crc_key: header.crc_key(),
             header,
@@ -386,10 +387,9 @@ impl Segment {
         if end < HEADER_BYTES || end as u64 > len {
             return Err(Error::BadSegment { path: path.into(), problem: format!("sealed end {end} out of range") });
         }
-        let mut seg = Segment::over(header, path.into(), map, Some(file), end, 0);
+        let mut seg = Segment::over(header, path.into(), map, Some(file), end, 0, None);
         seg.opened_at_start = true;
         seg.orphans = true;
-        seg.marks = None;
         Ok(seg)
     }
 
@@ -399,7 +399,8 @@ impl Segment {
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         let path = PathBuf::from(format!("<memory>/{}", file_name(slot)));
-        Ok(Segment::over(header, path, map, None, HEADER_BYTES, 0))
+        let marks = Some(RecordMarks::new(map.len()));
+        Ok(Segment::over(header, path, map, None, HEADER_BYTES, 0, marks))
     }
 
     /// Whether a removed segment can become a new one (`recycle`): every
@@ -427,10 +428,19 @@ impl Segment {
         debug_assert!(self.can_recycle());
         let resident_floor = self.resident_bytes() as usize;
         let header = Header::fresh(self.header.size_log2, slot, seq, true);
+        // The old life's marks, cleared, rather than a fresh allocation's
+        // first touches.
+        let marks = Some(match self.marks.take() {
+            Some(mut marks) => {
+                marks.clear_all();
+                marks
+            }
+            None => RecordMarks::new(self.map.len()),
+        });
         if self.file.is_none() {
             self.map[..HEADER_BYTES].copy_from_slice(&header.encode());
             let path = PathBuf::from(format!("<memory>/{}", file_name(slot)));
-            return Ok(Segment::over(header, path, self.map, None, HEADER_BYTES, resident_floor));
+            return Ok(Segment::over(header, path, self.map, None, HEADER_BYTES, resident_floor, marks));
         }
         let old = self.path.clone();
         let path = dir.join(file_name(slot));
@@ -452,7 +462,7 @@ impl Segment {
             return Err(err);
         }
         let huge = self.huge;
-        let mut recycled = Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor);
+        let mut recycled = Segment::over(header, path, self.map, self.file, HEADER_BYTES, resident_floor, marks);
         recycled.huge = huge;
         Ok(recycled)
     }
@@ -530,9 +540,9 @@ impl Segment {
     /// `next_marked`, looking no further than `span` bytes past `from`:
     /// `None` when no marked record starts there.
     pub fn next_marked_within(&self, from: usize, span: usize) -> Option<usize> {
-        let Some(marks) = &self.marks else { return Some(from) };
         let limit = self.end.min(from + span);
-        Some(marks.next_from(from, limit)).filter(|&at| at < limit)
+        let at = self.marks.as_ref().map_or(from, |marks| marks.next_from(from, limit));
+        Some(at).filter(|&at| at < limit)
     }
 
     /// Whether a walk may go from mark to mark (`next_marked`) and drop
@@ -540,6 +550,13 @@ impl Segment {
     /// moved, so none can be its key's newest record.
     pub fn skips_dead(&self) -> bool {
         self.marks.is_some() && !self.orphans
+    }
+
+    /// Drops the marks, as a segment opened at startup has none (tests
+    /// that replay recovery over a segment written in the same life).
+    #[cfg(test)]
+    pub(crate) fn drop_marks(&mut self) {
+        self.marks = None;
     }
 
     /// Heap bytes of the marks.

@@ -242,8 +242,10 @@ pub struct Stats {
     pub segments_recycled: u64,
     /// Removed segments kept to be recycled.
     pub segments_spare: u64,
-    /// The index's table and the segments' marks (`crate::marks`).
     pub index_bytes: u64,
+    /// The segments' record marks (`crate::marks`): 1/64 of each segment
+    /// made in this process's life.
+    pub marks_bytes: u64,
     pub syncs: u64,
     pub compactions: u64,
     /// Of `compactions`, the victims compacted from the index (almost all
@@ -280,6 +282,7 @@ impl Stats {
             segments_recycled,
             segments_spare,
             index_bytes,
+            marks_bytes,
             syncs,
             compactions,
             compactions_from_index,
@@ -304,6 +307,7 @@ impl Stats {
         self.segments_recycled += segments_recycled;
         self.segments_spare += segments_spare;
         self.index_bytes += index_bytes;
+        self.marks_bytes += marks_bytes;
         self.syncs += syncs;
         self.compactions += compactions;
         self.compactions_from_index += compactions_from_index;
@@ -865,7 +869,8 @@ impl Store {
     pub fn stats(&self) -> Stats {
         let mut stats = Stats {
             keys: self.index.len() as u64,
-            index_bytes: self.index.heap_bytes() as u64 + self.log.marks_bytes(),
+            index_bytes: self.index.heap_bytes() as u64,
+            marks_bytes: self.log.marks_bytes(),
             syncs: self.counters.syncs,
             compactions: self.counters.compactions,
             compactions_from_index: self.counters.compactions_from_index,
@@ -1143,9 +1148,10 @@ impl Store {
         }
         // A recycled segment is resident from the start; near the memory
         // bound, where that could refuse a write, the next one is new.
-        let segment_bytes = log.segment_size() as u64;
-        let roomy =
-            self.config.memory_max_bytes.is_none_or(|limit| self.memory_used_bytes() + 2 * segment_bytes <= limit);
+        let roomy = self
+            .config
+            .memory_max_bytes
+            .is_none_or(|limit| self.memory_used_bytes() + 2 * self.segment_footprint_bytes() <= limit);
         let log = &mut self.log;
         if !log.may_prepare() {
             return None;

@@ -208,6 +208,12 @@ pub async fn render(shared: &Shared) -> String {
     );
     family("ringkv_segments_spare", "gauge", "Removed segments kept to be recycled.", store(&|s| s.segments_spare));
     family("ringkv_index_bytes", "gauge", "Bytes of index memory.", store(&|s| s.index_bytes));
+    family(
+        "ringkv_record_marks_bytes",
+        "gauge",
+        "Bytes of the segments' record marks (a bit per 8 bytes of log).",
+        store(&|s| s.marks_bytes),
+    );
     family("ringkv_syncs_total", "counter", "Flushes of the log to disk.", store(&|s| s.syncs));
     family("ringkv_compactions_total", "counter", "Segments freed by compaction.", store(&|s| s.compactions));
     family(
