@@ -5,9 +5,9 @@
 //! advised `MADV_HUGEPAGE` (all of a recycled segment's, and of the spares
 //! kept for the next ones), plus the segments' record marks (1/64 of
 //! each, `crate::marks`). Each write checks that one segment (and its
-//! marks) of headroom remains under the bound (the room the active segment may
-//! still fill and eviction's copies need), and room for the index's next
-//! growth step once that step is near. When it does not:
+//! marks) of headroom remains under the bound (the room the active
+//! segment may still fill and eviction's copies need), and room for the
+//! index's next growth step once that step is near. When it does not:
 //! - in store mode, a write that adds data fails with `OutOfMemory`
 //!   (deletes, and expiries that delete, still go through: they free
 //!   memory, and the headroom covers their tombstones; an expiry change
@@ -106,9 +106,9 @@ impl Store {
 
     fn make_room_for(&mut self, bytes: u64, adds_data: bool) -> Result<()> {
         let Some(limit_bytes) = self.config.memory_max_bytes else { return Ok(()) };
-        // One segment (and its marks) of headroom: room for the active segment to fill,
-        // and for eviction's copies to roll into a new one; and the room
-        // held for writes to come.
+        // One segment (and its marks) of headroom: room for the active
+        // segment to fill, and for eviction's copies to roll into a new
+        // one; and the room held for writes to come.
         let headroom = self.segment_footprint_bytes() + bytes + self.held_bytes;
         loop {
             let used_bytes = self.memory_used_bytes();
