@@ -36,6 +36,10 @@ const _: () = assert!(HEADER_MIN_BYTES == 6);
 /// Largest header: crc, two five-byte varints and the expiry.
 pub const HEADER_MAX_BYTES: usize = CRC_BYTES + 2 * VARINT_MAX_BYTES + 8;
 const _: () = assert!(HEADER_MAX_BYTES == 22);
+/// What this build writes after the checksum is shorter: the key length's
+/// varint takes three bytes at most, so the fields fit a 16-byte word
+/// (`RecordSpec::header_word`).
+const _: () = assert!(varint_len((KEY_LEN_MAX_BYTES as u32) << 2 | 3) + VARINT_MAX_BYTES + 8 <= 16);
 
 /// Values from this long have their checksum taken before they are copied
 /// into the log (`RecordSpec::encode_into`).
@@ -75,42 +79,59 @@ impl RecordSpec<'_> {
         meta
     }
 
+    /// The header's fields after the checksum, as the low bytes of a
+    /// little-endian word, and how many bytes they take (at most 16).
+    fn header_word(&self) -> (u128, usize) {
+        let (meta, meta_len) = varint_word(self.meta());
+        let (value_len, value_len_len) = varint_word(self.value.len() as u32);
+        let mut word = u128::from(meta) | u128::from(value_len) << (8 * meta_len);
+        let mut len = meta_len + value_len_len;
+        if let Some(ms) = self.expires_at_ms {
+            word |= u128::from(ms) << (8 * len);
+            len += 8;
+        }
+        (word, len)
+    }
+
     /// Writes the record into `out`, which must be exactly
     /// `encoded_len()` bytes, its checksum keyed with `crc_key`.
     ///
-    /// A long value's checksum is taken over the caller's bytes, which are
-    /// in the cache, before they are copied out: `out` is log memory not
-    /// touched for a long time, and a checksum read back from it waited
-    /// for every line of the copy to come in from memory first (25% of a
-    /// 1 KiB set in `perf`; sets of 1 KiB interleaved with the `HashMap`'s
-    /// went from 0.442x of its rate to 0.464x-0.484x, docs/benchmarks.md).
-    /// A short one is checked in place with the header, in one pass: taken
-    /// in three pieces, 32-byte SETs served 1% fewer operations per CPU-s
-    /// at pipeline depth 16.
+    /// A long value's checksum is taken from bytes in the cache, before
+    /// they are copied out: the caller's key and value, and the header
+    /// still in registers (`crc::hash_record`). `out` is log memory whose
+    /// lines may still be on their way in, and a checksum read back from
+    /// it waited for them: for the value that was 25% of a 1 KiB set in
+    /// `perf` (sets of 1 KiB interleaved with the `HashMap`'s went from
+    /// 0.442x of its rate to 0.464x-0.484x, docs/benchmarks.md). A short
+    /// one is checked in place with the header, in one pass: taken in
+    /// three pieces, 32-byte SETs served 1% fewer operations per CPU-s at
+    /// pipeline depth 16.
     pub fn encode_into(&self, out: &mut [u8], crc_key: u32) {
         assert_eq!(out.len(), self.encoded_len(), "record buffer size");
         assert!(self.key.len() <= KEY_LEN_MAX_BYTES, "key length checked by the caller");
-        let mut at = CRC_BYTES;
-        at += put_varint(&mut out[at..], self.meta());
-        at += put_varint(&mut out[at..], self.value.len() as u32);
-        if let Some(ms) = self.expires_at_ms {
-            out[at..at + 8].copy_from_slice(&ms.to_le_bytes());
-            at += 8;
+        let (header, header_len) = self.header_word();
+        let at = CRC_BYTES + header_len;
+        let value_at = at + self.key.len();
+        let value_end = value_at + self.value.len();
+        // The whole word where the record has room for it (its bytes past
+        // the header are zero, and the key, value and padding overwrite
+        // them): one store instead of a copy of variable length.
+        match out.get_mut(CRC_BYTES..CRC_BYTES + 16) {
+            Some(word) => word.copy_from_slice(&header.to_le_bytes()),
+            None => out[CRC_BYTES..at].copy_from_slice(&header.to_le_bytes()[..header_len]),
         }
-        out[at..at + self.key.len()].copy_from_slice(self.key);
-        at += self.key.len();
-        let value = at..at + self.value.len();
+        out[at..value_at].copy_from_slice(self.key);
         let crc = if self.value.len() < CRC_FROM_SOURCE_MIN_BYTES {
-            out[value.clone()].copy_from_slice(self.value);
-            crc::hash(&out[CRC_BYTES..value.end])
+            out[value_at..value_end].copy_from_slice(self.value);
+            crc::hash(&out[CRC_BYTES..value_end])
         } else {
-            let crc = crc::update(crc::hash(&out[CRC_BYTES..at]), self.value);
-            out[value.clone()].copy_from_slice(self.value);
+            let crc = crc::hash_record(header, header_len, self.key, self.value);
+            out[value_at..value_end].copy_from_slice(self.value);
             crc
         };
         out[..CRC_BYTES].copy_from_slice(&(crc ^ crc_key).to_le_bytes());
         // Padding is zero, whatever a reused mapping held there before.
-        out[value.end..].fill(0);
+        out[value_end..].fill(0);
     }
 }
 
@@ -214,7 +235,7 @@ pub const fn align_up(n: usize) -> usize {
     (n + RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1)
 }
 
-fn varint_len(mut v: u32) -> usize {
+const fn varint_len(mut v: u32) -> usize {
     let mut n = 1;
     while v >= 0x80 {
         v >>= 7;
@@ -223,15 +244,17 @@ fn varint_len(mut v: u32) -> usize {
     n
 }
 
-fn put_varint(out: &mut [u8], mut v: u32) -> usize {
-    let mut i = 0;
+/// `v` as a varint, in the low bytes of a little-endian word, and its
+/// length.
+fn varint_word(mut v: u32) -> (u64, usize) {
+    let mut word = 0u64;
+    let mut len = 0;
     while v >= 0x80 {
-        out[i] = (v as u8) | 0x80;
+        word |= u64::from(v as u8 | 0x80) << (8 * len);
         v >>= 7;
-        i += 1;
+        len += 1;
     }
-    out[i] = v as u8;
-    i + 1
+    (word | u64::from(v) << (8 * len), len + 1)
 }
 
 fn get_varint(buf: &[u8], at: &mut usize) -> Result<u32, DecodeError> {
@@ -259,10 +282,13 @@ mod tests {
     const KEY: u32 = 0x5eed_0f0e;
 
     fn roundtrip(spec: RecordSpec<'_>) {
-        let mut buf = vec![0u8; spec.encoded_len()];
+        // Log memory that held something else before.
+        let mut buf = vec![0xFFu8; spec.encoded_len()];
         spec.encode_into(&mut buf, KEY);
         assert_eq!(buf.len() % RECORD_ALIGN_BYTES, 0);
         let view = decode(&buf, KEY, true).expect("decodes");
+        let body_end = view.covered.len() + CRC_BYTES;
+        assert!(buf[body_end..].iter().all(|&b| b == 0), "padding is zero");
         assert_eq!(view.key, spec.key);
         assert_eq!(view.value, spec.value);
         assert_eq!(view.expires_at_ms, spec.expires_at_ms);
@@ -285,6 +311,25 @@ mod tests {
         let big_key = vec![1u8; KEY_LEN_MAX_BYTES];
         let big_value = vec![2u8; 300_000];
         roundtrip(RecordSpec { key: &big_key, value: &big_value, expires_at_ms: Some(5), tombstone: false });
+    }
+
+    #[test]
+    fn round_trips_every_key_length_around_the_one_pass_checksum() {
+        let key = vec![3u8; 80];
+        let value: Vec<u8> = (0..1100u32).map(|i| (i * 7) as u8).collect();
+        for key_len in 0..=key.len() {
+            for value_len in [0, 1, 255, 256, 257, 1024, 1031] {
+                for expires_at_ms in [None, Some(1_700_000_000_000)] {
+                    let spec = RecordSpec {
+                        key: &key[..key_len],
+                        value: &value[..value_len],
+                        expires_at_ms,
+                        tombstone: false,
+                    };
+                    roundtrip(spec);
+                }
+            }
+        }
     }
 
     #[test]
