@@ -24,19 +24,20 @@
 /// The server's allocator, for the store and the `HashMap` baseline alike:
 /// with glibc's (and transparent huge pages, `always` on this machine) the
 /// baseline's throughput swung 2.3x between sessions on the same code.
-/// Gets per prefetched window in `get/store_prefetched`: a pipeline depth
-/// of 16, as in the end-to-end runs.
-const PREFETCH_WINDOW: usize = 16;
-
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Requests per prefetched window in `get/store_prefetched` and
+/// `set/store_prefetched`: a pipeline depth of 16, as in the end-to-end
+/// runs.
+const PREFETCH_WINDOW: usize = 16;
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use engine::{FsyncPolicy, SetOptions, Store};
+use engine::{FsyncPolicy, KeyHash, SetOptions, Store};
 use ringkv_benches::{
     bench_config, copy_dir_files, disk_parent, drain_ticks, fill_value, key, keys_from_env, populate, populate_map,
     query_keys, scratch_parent, settle, ScratchDir, SplitMix64, BATCH_OPS, KEY_LEN_BYTES, VALUE_LARGE_BYTES,
@@ -67,6 +68,17 @@ fn next_batch<'a>(pool: &'a [Key], at: &mut usize) -> &'a [Key] {
     let slice = &pool[*at..*at + batch];
     *at += batch;
     slice
+}
+
+/// What the server does for a pipelined batch before running it: hashes
+/// its keys once (into `hashes`), then prefetches their index slots, then
+/// the records those point at (`Store::prefetch`).
+fn prefetch_window(store: &Store, window: &[Key], hashes: &mut Vec<KeyHash>) {
+    hashes.clear();
+    hashes.extend(window.iter().map(|k| store.hash_of(k)));
+    for stage in 0..2 {
+        hashes.iter().for_each(|&h| store.prefetch(h, stage));
+    }
 }
 
 fn get_and_set(c: &mut Criterion) {
@@ -105,19 +117,13 @@ fn get_and_set(c: &mut Criterion) {
                 bytes
             })
         });
-        // The server's way: a pipelined batch hashes its keys once,
-        // prefetches their index slots, then their records, then runs
-        // (`Store::prefetch`).
+        // The server's way: a pipelined batch prefetched, then run.
         let mut hashes = Vec::with_capacity(PREFETCH_WINDOW);
         group.bench_function("get/store_prefetched", |b| {
             b.iter(|| {
                 let mut bytes = 0;
                 for window in next_batch(&queries, &mut at).chunks(PREFETCH_WINDOW) {
-                    hashes.clear();
-                    hashes.extend(window.iter().map(|k| store.hash_of(k)));
-                    for stage in 0..2 {
-                        hashes.iter().for_each(|&h| store.prefetch(h, stage));
-                    }
+                    prefetch_window(&store, window, &mut hashes);
                     for (k, &h) in window.iter().zip(&hashes) {
                         if let Some(v) = store.get_hashed(k, h) {
                             reply.clear();
@@ -158,6 +164,21 @@ fn get_and_set(c: &mut Criterion) {
                 drain_ticks(&mut store, ticks)
             })
         });
+        // The server's way again: the records prefetched are the old
+        // versions, whose headers an overwrite reads.
+        group.bench_function("set/store_prefetched", |b| {
+            b.iter(|| {
+                for window in next_batch(&queries, &mut at).chunks(PREFETCH_WINDOW) {
+                    prefetch_window(&store, window, &mut hashes);
+                    for (k, &h) in window.iter().zip(&hashes) {
+                        tag += 1;
+                        fill_value(&mut value, tag);
+                        store.set_hashed(k, &value, SetOptions::default(), h).expect("set");
+                    }
+                }
+                drain_ticks(&mut store, ticks)
+            })
+        });
         // The baseline overwrites in place, reusing the value's allocation:
         // the fastest a map of owned vectors can do.
         group.bench_function("set/hashmap", |b| {
@@ -180,13 +201,15 @@ fn get_and_set(c: &mut Criterion) {
         group.finish();
         let stats = store.stats();
         eprintln!(
-            "after set/store (v{value_len}): keys {} live {} MiB dead {} MiB segments {} compactions {} index {} MiB",
+            "after set/store (v{value_len}): keys {} live {} MiB dead {} MiB segments {} compactions {} index {} MiB rolls made inline {} recycled {}",
             stats.keys,
             stats.live_bytes >> 20,
             stats.dead_bytes >> 20,
             stats.segments,
             stats.compactions,
             stats.index_bytes >> 20,
+            stats.rolls_waited,
+            stats.segments_recycled,
         );
     }
 }
