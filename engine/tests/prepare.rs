@@ -26,13 +26,17 @@ fn check(store: &Store, n: u32, v: u8) {
 }
 
 /// A store whose owner makes segments ahead, its active segment half full
-/// of `k0`..`k299` (value 1), and the preparation it then plans.
+/// of `k0`..`k299` (value 1), and the preparation it then plans: none
+/// until an eighth of the segment is written.
 fn half_full() -> (tempfile::TempDir, Store, engine::PrepareJob) {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path(), config()).unwrap();
     store.plan_flushes_elsewhere();
-    assert!(store.begin_prepare().is_none(), "the active segment is not half full yet");
-    write(&mut store, 0, 300, 1);
+    assert!(store.begin_prepare().is_none(), "the active segment is empty");
+    // 40 records of 112 bytes: 4.4 KiB of the 64 KiB segment.
+    write(&mut store, 0, 40, 1);
+    assert!(store.begin_prepare().is_none(), "not an eighth of the active segment is written yet");
+    write(&mut store, 40, 260, 1);
     let job = store.begin_prepare().expect("half full");
     (dir, store, job)
 }
