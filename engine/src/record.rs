@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_key_length_around_the_one_pass_checksum() {
-        let key = vec![3u8; 80];
+        let key = [3u8; 80];
         let value: Vec<u8> = (0..1100u32).map(|i| (i * 7) as u8).collect();
         for key_len in 0..=key.len() {
             for value_len in [0, 1, 255, 256, 257, 1024, 1031] {
