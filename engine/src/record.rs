@@ -61,11 +61,7 @@ pub struct RecordSpec<'a> {
 impl RecordSpec<'_> {
     /// Bytes this record occupies in the log, padding included.
     pub fn encoded_len(&self) -> usize {
-        let header = CRC_BYTES
-            + varint_len(self.meta())
-            + varint_len(self.value.len() as u32)
-            + if self.expires_at_ms.is_some() { 8 } else { 0 };
-        align_up(header + self.key.len() + self.value.len())
+        align_up(CRC_BYTES + self.header_word().1 + self.key.len() + self.value.len())
     }
 
     fn meta(&self) -> u32 {
