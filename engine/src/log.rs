@@ -366,11 +366,25 @@ impl Log {
     }
 
     /// Makes directory changes durable; nothing to do for memory segments.
-    pub fn sync_dir(&self) -> Result<()> {
+    pub fn sync_dir(&mut self) -> Result<()> {
         if self.in_memory {
             return Ok(());
         }
-        segment::sync_dir(&self.dir)
+        segment::sync_dir(&self.dir)?;
+        self.note_dir_synced(None);
+        Ok(())
+    }
+
+    /// Notes a directory flush: the spares renamed before it began have
+    /// durable removed names (`Segment::removal_durable`). `only`: the
+    /// seqs of the removals that a flush run elsewhere settled, when other
+    /// spares may have been renamed after it began.
+    pub fn note_dir_synced(&mut self, only: Option<&[u64]>) {
+        for spare in &mut self.spares {
+            if only.is_none_or(|seqs| seqs.contains(&spare.header.seq)) {
+                spare.removal_durable = true;
+            }
+        }
     }
 
     /// Recounts `inactive_resident_bytes` after segments came or went.
@@ -628,6 +642,7 @@ impl Log {
         if !self.unsettled.is_empty() {
             segment::sync_dir_io(&self.dir)?;
             self.unsettled.clear();
+            self.note_dir_synced(None);
         }
         Ok(())
     }
@@ -836,4 +851,86 @@ fn rename_out(seg: &Segment) -> Result<PathBuf> {
     let doomed = seg.path.with_extension(format!("seg.{}{DOOMED_SUFFIX}", seg.header.seq));
     std::fs::rename(&seg.path, &doomed).map_err(Error::io(format!("rename {}", seg.path.display())))?;
     Ok(doomed)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, FsyncPolicy, SetOptions, Store};
+
+    fn store_with_garbage(dir: &std::path::Path, elsewhere: bool) -> Store {
+        let config = Config {
+            segment_size_bytes: 64 << 10,
+            fsync: FsyncPolicy::Never,
+            compaction_garbage_ratio_min: 0.2,
+            ..Config::default()
+        };
+        let (mut store, _) = Store::open(dir, config).unwrap();
+        if elsewhere {
+            store.plan_flushes_elsewhere();
+        }
+        // Twelve segments of records, all overwritten: their files become
+        // spares as compaction removes them.
+        for v in [1u8, 2] {
+            for i in 0..6000u32 {
+                store.set(format!("key-{i:012}").as_bytes(), &[v; 100], SetOptions::default()).unwrap();
+            }
+        }
+        store
+    }
+
+    fn compact(store: &mut Store) {
+        for _ in 0..10_000 {
+            if !store.compact_step(1 << 20).unwrap() {
+                return;
+            }
+        }
+        panic!("compaction did not finish");
+    }
+
+    fn removals_durable(store: &Store) -> Vec<bool> {
+        store.log.spares.iter().map(|s| s.removal_durable).collect()
+    }
+
+    /// Under flushes planned elsewhere a spare's removal is durable
+    /// exactly when no flush still has to settle it.
+    fn assert_durable_unless_unsettled(store: &Store) {
+        for spare in &store.log.spares {
+            let unsettled = store.log.unsettled.contains(&spare.header.seq);
+            assert_eq!(spare.removal_durable, !unsettled, "spare {}", spare.header.seq);
+        }
+    }
+
+    /// A spare whose removed name a directory flush made durable is
+    /// recycled without one more; the others get theirs first.
+    #[test]
+    fn spares_know_whether_their_removal_is_durable() {
+        // Inline: compaction flushes the directory after each removal.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_garbage(dir.path(), false);
+        compact(&mut store);
+        let durable = removals_durable(&store);
+        assert!(!durable.is_empty() && durable.iter().all(|&d| d), "{durable:?}");
+
+        // Planned elsewhere: durable once the flush that settles the
+        // removal has run. Compaction waits for that flush too (for its
+        // copies), so each round removes victims and keeps them unsettled.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_garbage(dir.path(), true);
+        let (mut seen_unsettled, mut seen_settled) = (false, false);
+        for _ in 0..100 {
+            if seen_unsettled && seen_settled {
+                break;
+            }
+            compact(&mut store);
+            assert_durable_unless_unsettled(&store);
+            seen_unsettled |= removals_durable(&store).contains(&false);
+            if let Some(job) = store.begin_sync().unwrap() {
+                let took = job.run();
+                store.finish_sync(job, took).unwrap();
+            }
+            assert_durable_unless_unsettled(&store);
+            seen_settled |= removals_durable(&store).contains(&true);
+        }
+        assert!(seen_unsettled && seen_settled, "{:?}", store.stats());
+    }
 }

@@ -242,6 +242,9 @@ pub struct Segment {
     /// Writeback of the records below this has been started
     /// (`start_writeback`), if not finished.
     writeback_to: usize,
+    /// For a spare: a directory flush ran after its file took its removed
+    /// name, so `recycle` need not run one first (`Log::note_dir_synced`).
+    pub removal_durable: bool,
 }
 
 impl Segment {
@@ -356,6 +359,7 @@ impl Segment {
             tombstone_bytes: 0,
             orphans: false,
             writeback_to: end,
+            removal_durable: false,
         }
     }
 
@@ -417,8 +421,12 @@ impl Segment {
     /// bytes stay past the new records; their checksums are keyed by the
     /// old seq and never pass again.
     ///
-    /// A file's removed name is made durable first (else a crash could
-    /// bring the old name back over the new header). Then it gets its new
+    /// A file's removed name is made durable first, unless a directory
+    /// flush already did (`removal_durable`: compaction flushes the
+    /// directory after each removal, which made this one of the three
+    /// directory flushes per segment that 1 KiB sets waited for inline;
+    /// else a crash could bring the old name back over the new header).
+    /// Then it gets its new
     /// header, durable, while it still has the removed name (which recovery
     /// deletes), and is linked under the slot's name, which it never
     /// replaces: the store may have been reopened meanwhile and made that
@@ -444,7 +452,8 @@ impl Segment {
         }
         let old = self.path.clone();
         let path = dir.join(file_name(slot));
-        let made = sync_dir(dir)
+        let removal = if self.removal_durable { Ok(()) } else { sync_dir(dir) };
+        let made = removal
             .and_then(|()| {
                 self.map[..HEADER_BYTES].copy_from_slice(&header.encode());
                 self.map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", old.display())))

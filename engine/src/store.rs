@@ -1006,6 +1006,9 @@ impl Store {
         if outcome.is_ok() && self.poisoned.is_none() {
             self.log.flushed(&job.targets);
             self.log.unsettled.retain(|seq| !job.settles.contains(seq));
+            if job.dir.is_some() {
+                self.log.note_dir_synced(Some(&job.settles));
+            }
         }
         self.record_flush(outcome)?;
         self.settle_compacted()
