@@ -421,13 +421,12 @@ impl Segment {
     /// bytes stay past the new records; their checksums are keyed by the
     /// old seq and never pass again.
     ///
-    /// A file's removed name is made durable first, unless a directory
-    /// flush already did (`removal_durable`: compaction flushes the
-    /// directory after each removal, which made this one of the three
-    /// directory flushes per segment that 1 KiB sets waited for inline;
-    /// else a crash could bring the old name back over the new header).
-    /// Then it gets its new
-    /// header, durable, while it still has the removed name (which recovery
+    /// A file's removed name is made durable first (else a crash could
+    /// bring the old name back over the new header), unless a directory
+    /// flush since the rename already did (`removal_durable`: compaction
+    /// flushes the directory after each removal, so this was one of three
+    /// directory flushes per segment). Then it gets its new header,
+    /// durable, while it still has the removed name (which recovery
     /// deletes), and is linked under the slot's name, which it never
     /// replaces: the store may have been reopened meanwhile and made that
     /// file itself. Then the old name goes and the directory is flushed. A
