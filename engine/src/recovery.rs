@@ -155,6 +155,7 @@ pub(crate) fn open(dir: &Path, config: Config) -> Result<(Store, RecoveryReport)
         prepares_elsewhere: false,
         leaving_huge: false,
         flushes_planned_by_caller: false,
+        deletes_by_caller: false,
         config,
         poisoned: None,
         held_bytes: 0,

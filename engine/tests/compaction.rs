@@ -276,6 +276,11 @@ fn segments_of_tombstones_do_not_compact_into_each_other() {
     }
 }
 
+/// Removed segment files still in `dir` (renamed, not yet deleted).
+fn doomed_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".doomed")).count()
+}
+
 /// A compacted segment's file is renamed out of the way at once and
 /// deleted later (by whoever takes it, or by `tick`), but for one kept as
 /// the spare to recycle; one left behind by a crash is deleted at the next
@@ -291,25 +296,61 @@ fn removed_segment_files_are_deleted_later_or_at_the_next_open() {
         }
     }
     compact_fully(&mut store, 32 << 10);
-    let doomed = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".doomed"))
-            .count()
-    };
     let pending = store.take_doomed_files();
     assert!(!pending.is_empty(), "compaction removed segments");
     let spare = store.stats().segments_spare as usize;
     assert_eq!(spare, 1, "one removed segment is kept to be recycled");
-    assert_eq!(doomed(dir.path()), pending.len() + spare, "renamed, not yet deleted");
+    assert_eq!(doomed_files(dir.path()), pending.len() + spare, "renamed, not yet deleted");
     // A crash before they are deleted: the next open deletes them.
     drop(store);
     let (store, report) = Store::open(dir.path(), config(&clock)).unwrap();
-    assert_eq!(doomed(dir.path()), 0);
+    assert_eq!(doomed_files(dir.path()), 0);
     assert!(report.corrupt.is_empty() && report.quarantined.is_empty(), "{report:?}");
     for k in 0..1500u32 {
         assert_eq!(store.get(format!("key{k}").as_bytes()), Some(&3u32.to_le_bytes().repeat(30)[..]));
+    }
+}
+
+/// `tick` deletes the removed files that nobody took, unless the owner
+/// plans its flushes (`plan_flushes_elsewhere`, as a shard does): then it
+/// leaves every one to the owner's `take_doomed_files`, since deleting one
+/// can hold the thread on the disk (a synchronous discard).
+#[test]
+fn tick_leaves_removed_files_to_an_owner_that_plans_its_flushes() {
+    for planned in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(AtomicU64::new(10_000));
+        let (mut store, _) = Store::open(dir.path(), config(&clock)).unwrap();
+        if planned {
+            store.plan_flushes_elsewhere();
+        }
+        for round in 0..4u32 {
+            for k in 0..1500u32 {
+                let value = round.to_le_bytes().repeat(30);
+                store.set(format!("key{k}").as_bytes(), &value, SetOptions::default()).unwrap();
+            }
+        }
+        // Compaction as a shard runs it: ticks, and the flushes that the
+        // removals wait for.
+        for _ in 0..1000 {
+            if let Some(job) = store.begin_sync().unwrap() {
+                let took = job.run();
+                store.finish_sync(job, took).unwrap();
+            }
+            if !store.tick().unwrap() && !store.sync_due() {
+                break;
+            }
+        }
+        let stats = store.stats();
+        assert!(stats.compactions >= 2, "{stats:?}");
+        let spares = stats.segments_spare as usize;
+        let left = store.take_doomed_files();
+        if planned {
+            assert!(!left.is_empty(), "every removed file but the spares is left to the owner: {stats:?}");
+        } else {
+            assert!(left.is_empty(), "tick deleted them: {left:?}");
+        }
+        assert_eq!(doomed_files(dir.path()), left.len() + spares, "planned: {planned}");
     }
 }
 
