@@ -924,13 +924,47 @@ mod tests {
             compact(&mut store);
             assert_durable_unless_unsettled(&store);
             seen_unsettled |= removals_durable(&store).contains(&false);
-            if let Some(job) = store.begin_sync().unwrap() {
-                let took = job.run();
-                store.finish_sync(job, took).unwrap();
-            }
+            flush(&mut store);
             assert_durable_unless_unsettled(&store);
             seen_settled |= removals_durable(&store).contains(&true);
         }
         assert!(seen_unsettled && seen_settled, "{:?}", store.stats());
+    }
+    fn flush(store: &mut Store) {
+        if let Some(job) = store.begin_sync().unwrap() {
+            let took = job.run();
+            store.finish_sync(job, took).unwrap();
+        }
+    }
+
+    /// Compacts in small steps until `n` removals wait for a directory
+    /// flush.
+    fn remove_until_unsettled(store: &mut Store, n: usize) {
+        for _ in 0..10_000 {
+            if store.log.unsettled.len() >= n {
+                return;
+            }
+            assert!(store.compact_step(4 << 10).unwrap(), "no victim left: {:?}", store.stats());
+        }
+        panic!("{n} removals never waited");
+    }
+
+    /// A flush run elsewhere makes durable only the removals made before
+    /// it began (`SyncJob::settles`): a spare renamed while it ran still
+    /// needs its own directory flush.
+    #[test]
+    fn a_flush_elsewhere_settles_only_the_removals_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_garbage(dir.path(), true);
+        // Everything durable: a victim with nothing to copy goes at once.
+        flush(&mut store);
+        remove_until_unsettled(&mut store, 1);
+        let job = store.begin_sync().unwrap().expect("a removal waits for a directory flush");
+        remove_until_unsettled(&mut store, 3);
+        let took = job.run();
+        store.finish_sync(job, took).unwrap();
+        assert_durable_unless_unsettled(&store);
+        let durable = removals_durable(&store);
+        assert!(durable.contains(&true) && durable.contains(&false), "{durable:?}");
     }
 }

@@ -316,7 +316,11 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
-        advise(&map, &path, paging);
+        // Random too, only for a new file, whose faults read in zeros (see
+        // `Huge`), and only in 2 MiB folios: alone it would fault 4 KiB.
+        if advise(&map, &path, paging) && paging == Paging::Huge {
+            advise_one(&map, &path, memmap2::Advice::Random);
+        }
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
@@ -724,33 +728,37 @@ pub enum Paging {
     /// store whose writes slow down leaves such a segment early
     /// (`Store::tick`, `HUGE_PAGES_RATE_MIN_BYTES`).
     ///
-    /// With `MADV_RANDOM` too: an append's first touch of a new file's page
-    /// otherwise zero-filled two 2 MiB folios at once (the kernel reads
-    /// ahead one folio beyond the fault, and for an unwritten extent
-    /// reading is zeroing), 3-9 ms on the shard thread. Session 14, 1 KiB
-    /// SETs at depth 16 over 100k keys (a log that keeps no spare, so
-    /// mostly new files), six runs each: p99 3.0-3.4 ms against 3.2-7.6,
-    /// max 4.9-8.6 ms against 8.2-10.6, for 1.2% more CPU per SET (more,
-    /// smaller faults).
+    /// A new file made so is advised `MADV_RANDOM` too: an append's first
+    /// touch of its pages otherwise zero-filled two 2 MiB folios at once
+    /// (the kernel reads ahead one folio beyond the fault, and for an
+    /// unwritten extent reading is zeroing), 3-9 ms on the shard thread.
+    /// Session 14, 1 KiB SETs at depth 16 over 100k keys (a log that keeps
+    /// no spare, so mostly new files), twelve runs each: p99 3.0-3.4 ms
+    /// against 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more
+    /// CPU per SET (more, smaller faults). Not a segment opened at startup,
+    /// which takes no appends: a cold walk of it (compaction, the expiry
+    /// sweep) keeps the kernel's read-ahead.
     Huge,
     /// No advice.
     Normal,
 }
 
-/// Applies `paging` to a segment file's mapping. A failure only loses the
-/// hint.
-fn advise(map: &MmapMut, path: &Path, paging: Paging) {
-    use memmap2::Advice;
-    let advice: &[Advice] = match paging {
-        Paging::Random => &[Advice::Random],
-        Paging::Huge => &[Advice::HugePage, Advice::Random],
-        Paging::Normal => &[],
-    };
-    for &advice in advice {
-        if let Err(err) = map.advise(advice) {
-            tracing::warn!(segment = %path.display(), error = %err, ?advice, "madvise failed");
-        }
+/// Applies `paging` to a segment file's mapping; false when the kernel
+/// refused the advice, which only loses the hint.
+fn advise(map: &MmapMut, path: &Path, paging: Paging) -> bool {
+    match paging {
+        Paging::Random => advise_one(map, path, memmap2::Advice::Random),
+        Paging::Huge => advise_one(map, path, memmap2::Advice::HugePage),
+        Paging::Normal => true,
     }
+}
+
+fn advise_one(map: &MmapMut, path: &Path, advice: memmap2::Advice) -> bool {
+    let advised = map.advise(advice);
+    if let Err(err) = &advised {
+        tracing::warn!(segment = %path.display(), error = %err, ?advice, "madvise failed");
+    }
+    advised.is_ok()
 }
 
 fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
