@@ -443,6 +443,7 @@ impl Log {
         };
         let slot = fresh.header.slot;
         if let Some(old) = self.segments.get_mut(self.active as usize).and_then(Option::as_mut) {
+            old.appends_done();
             if self.seal_after_flush {
                 // Unsealed until flushed: a crash before then leaves it to
                 // recovery's torn-tail rule, which is what its state is.

@@ -591,6 +591,17 @@ impl Segment {
 
     /// Marks the segment sealed at its current end. The header reaches disk
     /// with the next `sync`.
+    /// Gives a segment that takes no more appends the kernel's read-ahead
+    /// back (`MADV_NORMAL` clears `MADV_RANDOM`, not `MADV_HUGEPAGE`): a
+    /// new file's random advice is for its appends' first touches (see
+    /// `Paging::Huge`), and a cold walk of it later (compaction, the expiry
+    /// sweep, after the kernel dropped its pages) reads ahead as before.
+    pub fn appends_done(&self) {
+        if self.file.is_some() && self.huge {
+            advise_one(&self.map, &self.path, memmap2::Advice::Normal);
+        }
+    }
+
     pub fn seal(&mut self) {
         self.header.sealed = true;
         self.header.sealed_end = u32::try_from(self.end).expect("segment sizes are at most 2^31");
@@ -737,7 +748,8 @@ pub enum Paging {
     /// against 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more
     /// CPU per SET (more, smaller faults). Not a segment opened at startup,
     /// which takes no appends: a cold walk of it (compaction, the expiry
-    /// sweep) keeps the kernel's read-ahead.
+    /// sweep) keeps the kernel's read-ahead, as does a made one once full
+    /// (`Segment::appends_done`).
     Huge,
     /// No advice.
     Normal,

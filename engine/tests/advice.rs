@@ -83,6 +83,25 @@ fn under_other_policies_segments_start_huge_and_new_files_random() {
     }
 }
 
+/// A full segment gets the kernel's read-ahead back: the random advice is
+/// for the first touches of appends only.
+#[test]
+fn a_full_segment_is_no_longer_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { segment_size_bytes: SEGMENT_BYTES, fsync: FsyncPolicy::Never, ..Config::default() };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    let value = [7u8; 1000];
+    // A little over one segment of records: the log rolls once.
+    for i in 0..(SEGMENT_BYTES / 1000 + 100) {
+        store.set(format!("key{i}").as_bytes(), &value, SetOptions::default()).unwrap();
+    }
+    let flags = segment_vm_flags(dir.path());
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    let (full, active) = (&flags[0], &flags[1]);
+    assert!(has(&full.1, "hg") && !has(&full.1, "rr"), "{full:?}");
+    assert!(has(&active.1, "hg") && has(&active.1, "rr"), "{active:?}");
+}
+
 /// A second of fast writes keeps new segments in 2 MiB folios, and so does
 /// one at half that rate; a second of slow ones moves the appends to a
 /// segment without them, and the segments after it stay so until writes
