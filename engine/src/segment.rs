@@ -245,6 +245,9 @@ pub struct Segment {
     /// For a spare: a directory flush ran after its file took its removed
     /// name, so `recycle` need not run one first (`Log::note_dir_synced`).
     pub removal_durable: bool,
+    /// A new file advised `MADV_RANDOM` for its appends' first touches,
+    /// until it is full (`appends_done`; see `create_with`).
+    random_for_appends: bool,
 }
 
 impl Segment {
@@ -316,11 +319,17 @@ impl Segment {
         // SAFETY: the file is ours alone (one store per directory, enforced
         // by the lock file) and is never truncated while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(Error::io(format!("map {}", path.display())))?;
-        // Random too, only for a new file, whose faults read in zeros (see
-        // `Huge`), and only in 2 MiB folios: alone it would fault 4 KiB.
-        if advise(&map, &path, paging) && paging == Paging::Huge {
-            advise_one(&map, &path, memmap2::Advice::Random);
-        }
+        // A new file's faults read in zeros: without `MADV_RANDOM` the
+        // kernel reads ahead, zero-filling at once the next 2 MiB folio in
+        // 2 MiB folios (3-9 ms on the shard thread, 1 KiB SETs at depth
+        // 16), or the disk's read-ahead window without them (8 MiB here:
+        // 4.75-7.75 ms inside one fault, 2000 SETs a second). Random until
+        // full (`appends_done`), each fault zero-fills its own folio only.
+        // Not where the base advice was refused: random alone would fault
+        // 4 KiB pages where 2 MiB folios were wanted.
+        let advised = advise(&map, &path, paging);
+        let random_for_appends =
+            advised && paging != Paging::Random && advise_one(&map, &path, memmap2::Advice::Random);
         let header = Header::fresh(size_log2, slot, seq, false);
         map[..HEADER_BYTES].copy_from_slice(&header.encode());
         map.flush_range(0, HEADER_BYTES).map_err(Error::io(format!("sync {}", path.display())))?;
@@ -328,6 +337,7 @@ impl Segment {
         let marks = Some(RecordMarks::new(map.len()));
         let mut made = Segment::over(header, path, map, Some(file), HEADER_BYTES, 0, marks);
         made.huge = paging == Paging::Huge;
+        made.random_for_appends = random_for_appends;
         Ok(made)
     }
 
@@ -364,6 +374,7 @@ impl Segment {
             orphans: false,
             writeback_to: end,
             removal_durable: false,
+            random_for_appends: false,
         }
     }
 
@@ -594,10 +605,10 @@ impl Segment {
     /// Gives a segment that takes no more appends the kernel's read-ahead
     /// back (`MADV_NORMAL` clears `MADV_RANDOM`, not `MADV_HUGEPAGE`): a
     /// new file's random advice is for its appends' first touches (see
-    /// `Paging::Huge`), and a cold walk of it later (compaction, the expiry
+    /// `create_with`), and a cold walk of it later (compaction, the expiry
     /// sweep, after the kernel dropped its pages) reads ahead as before.
-    pub fn appends_done(&self) {
-        if self.file.is_some() && self.huge {
+    pub fn appends_done(&mut self) {
+        if std::mem::take(&mut self.random_for_appends) {
             advise_one(&self.map, &self.path, memmap2::Advice::Normal);
         }
     }
@@ -739,16 +750,17 @@ pub enum Paging {
     /// store whose writes slow down leaves such a segment early
     /// (`Store::tick`, `HUGE_PAGES_RATE_MIN_BYTES`).
     ///
-    /// A new file made so is advised `MADV_RANDOM` too: an append's first
-    /// touch of its pages otherwise zero-filled two 2 MiB folios at once
-    /// (the kernel reads ahead one folio beyond the fault, and for an
-    /// unwritten extent reading is zeroing), 3-9 ms on the shard thread.
-    /// Session 14, 1 KiB SETs at depth 16 over 100k keys (a log that keeps
-    /// no spare, so mostly new files), twelve runs each: p99 3.0-3.4 ms
-    /// against 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more
-    /// CPU per SET (more, smaller faults). Not a segment opened at startup,
-    /// which takes no appends: a cold walk of it (compaction, the expiry
-    /// sweep) keeps the kernel's read-ahead, as does a made one once full
+    /// A new file, of this paging or none, is advised `MADV_RANDOM` too
+    /// until it is full (`Segment::create_with`): an append's first touch
+    /// of its pages otherwise zero-filled two 2 MiB folios at once (the
+    /// kernel reads ahead one folio beyond the fault, and for an unwritten
+    /// extent reading is zeroing), 3-9 ms on the shard thread. Session 14,
+    /// 1 KiB SETs at depth 16 over 100k keys (a log that keeps no spare, so
+    /// mostly new files), twelve runs each: p99 3.0-3.4 ms against
+    /// 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more CPU per SET
+    /// (more, smaller faults). Not a segment opened at startup, which takes
+    /// no appends: a cold walk of it (compaction, the expiry sweep) keeps
+    /// the kernel's read-ahead, as does a made one once full
     /// (`Segment::appends_done`).
     Huge,
     /// No advice.

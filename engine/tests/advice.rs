@@ -2,9 +2,10 @@
 //! write rate: a store that flushes every write must not append into large
 //! folios (each flush would write them back whole), and a store written
 //! slowly must not either (each periodic flush would write a 2 MiB folio
-//! back for a few records); a store written fast wants them. Read back
-//! from the mappings' `VmFlags` in /proc/self/smaps (`rr` is `MADV_RANDOM`,
-//! `hg` is `MADV_HUGEPAGE`).
+//! back for a few records); a store written fast wants them. A new file is
+//! also random while it takes appends, so that a first touch zero-fills no
+//! more than its own folio. Read back from the mappings' `VmFlags` in
+//! /proc/self/smaps (`rr` is `MADV_RANDOM`, `hg` is `MADV_HUGEPAGE`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -100,6 +101,39 @@ fn a_full_segment_is_no_longer_random() {
     let (full, active) = (&flags[0], &flags[1]);
     assert!(has(&full.1, "hg") && !has(&full.1, "rr"), "{full:?}");
     assert!(has(&active.1, "hg") && has(&active.1, "rr"), "{active:?}");
+}
+
+/// So is a segment made for a slow writer, without 2 MiB folios: random
+/// while it takes appends (a first touch would otherwise zero-fill the
+/// disk's whole read-ahead window), read ahead again once full.
+#[test]
+fn a_slow_writers_new_segment_is_random_until_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let config = Config {
+        segment_size_bytes: SEGMENT_BYTES,
+        fsync: FsyncPolicy::Never,
+        clock: Clock::Manual(clock.clone()),
+        ..Config::default()
+    };
+    let (mut store, _) = Store::open(dir.path(), config).unwrap();
+    // A second with one small write: slow, so the store leaves its first
+    // segment (in 2 MiB folios) for one without.
+    store.set(b"slow", b"1", SetOptions::default()).unwrap();
+    clock.fetch_add(1000, Ordering::Relaxed);
+    store.tick().unwrap();
+    let flags = segment_vm_flags(dir.path());
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    assert!(!has(&flags[1].1, "hg") && has(&flags[1].1, "rr"), "the slow writer's segment: {flags:?}");
+    // Filled (no second passes, so it stays slow): full, it reads ahead.
+    let value = [7u8; 1000];
+    for i in 0..(SEGMENT_BYTES / 1000 + 100) {
+        store.set(format!("key{i}").as_bytes(), &value, SetOptions::default()).unwrap();
+    }
+    let flags = segment_vm_flags(dir.path());
+    assert_eq!(flags.len(), 3, "{flags:?}");
+    assert!(!has(&flags[1].1, "hg") && !has(&flags[1].1, "rr"), "full: {flags:?}");
+    assert!(!has(&flags[2].1, "hg") && has(&flags[2].1, "rr"), "the next: {flags:?}");
 }
 
 /// A second of fast writes keeps new segments in 2 MiB folios, and so does
