@@ -931,6 +931,7 @@ mod tests {
         }
         assert!(seen_unsettled && seen_settled, "{:?}", store.stats());
     }
+
     fn flush(store: &mut Store) {
         if let Some(job) = store.begin_sync().unwrap() {
             let took = job.run();

@@ -600,8 +600,6 @@ impl Segment {
         self.prefetched_to = self.prefetched_to.max(line);
     }
 
-    /// Marks the segment sealed at its current end. The header reaches disk
-    /// with the next `sync`.
     /// Gives a segment that takes no more appends the kernel's read-ahead
     /// back (`MADV_NORMAL` clears `MADV_RANDOM`, not `MADV_HUGEPAGE`): a
     /// new file's random advice is for its appends' first touches (see
@@ -613,6 +611,8 @@ impl Segment {
         }
     }
 
+    /// Marks the segment sealed at its current end. The header reaches disk
+    /// with the next `sync`.
     pub fn seal(&mut self) {
         self.header.sealed = true;
         self.header.sealed_end = u32::try_from(self.end).expect("segment sizes are at most 2^31");
@@ -751,17 +751,11 @@ pub enum Paging {
     /// (`Store::tick`, `HUGE_PAGES_RATE_MIN_BYTES`).
     ///
     /// A new file, of this paging or none, is advised `MADV_RANDOM` too
-    /// until it is full (`Segment::create_with`): an append's first touch
-    /// of its pages otherwise zero-filled two 2 MiB folios at once (the
-    /// kernel reads ahead one folio beyond the fault, and for an unwritten
-    /// extent reading is zeroing), 3-9 ms on the shard thread. Session 14,
-    /// 1 KiB SETs at depth 16 over 100k keys (a log that keeps no spare, so
-    /// mostly new files), twelve runs each: p99 3.0-3.4 ms against
-    /// 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more CPU per SET
-    /// (more, smaller faults). Not a segment opened at startup, which takes
-    /// no appends: a cold walk of it (compaction, the expiry sweep) keeps
-    /// the kernel's read-ahead, as does a made one once full
-    /// (`Segment::appends_done`).
+    /// until it is full (`Segment::create_with`, `Segment::appends_done`).
+    /// Session 14, 1 KiB SETs at depth 16 over 100k keys (a log that keeps
+    /// no spare, so mostly new files), twelve runs each: p99 3.0-3.4 ms
+    /// against 3.2-7.7, max 4.9-14.6 ms against 8.2-18.6, for 1.2% more CPU
+    /// per SET (more, smaller faults).
     Huge,
     /// No advice.
     Normal,
